@@ -1,0 +1,279 @@
+"""PUBLIC: the plugin contract for channels and LLM providers.
+
+A plugin is a class named by an entry point in group ``gateway.channels`` or ``gateway.llm``.
+The built-in plugins in ``plugins/`` are registered the same way in ``pyproject.toml``, so a
+third-party package that declares::
+
+    [project.entry-points."gateway.channels"]
+    mychat = "mychat_gateway:MyChatChannel"
+
+is found by ``gateway plugins`` and usable as ``plugin = "mychat"`` in a ``[channels.NAME]`` table.
+
+Life of a channel plugin
+------------------------
+1. The core validates the ``[channels.NAME]`` table against the class's nested ``Config`` (a
+   subclass of :class:`ChannelConfig`; unknown keys are rejected, secrets arrive resolved as
+   :class:`~gateway.secretref.Secret`).
+2. It constructs ``Plugin(name, config, context)``. The constructor must not do I/O.
+3. It mounts ``plugin.blueprint()`` (if not None) on the public HTTP app, then starts
+   ``await nursery.start(plugin.run)`` under a supervisor: if ``run`` raises, the plugin is
+   restarted with backoff (a fresh call to ``run`` on the same object); ``trio.Cancelled`` must
+   propagate. ``run`` calls ``task_status.started()`` once it is ready to receive (polling has
+   begun, the webhook is registered) and then runs until cancelled.
+4. The dispatcher calls ``send(outbound)`` from several tasks at once, never two for the same
+   thread at the same time, and in thread order. ``send`` either returns a :class:`SendResult`
+   (the platform accepted the message) or raises :class:`~gateway.errors.SendError`.
+
+The at-least-once / at-most-once contract
+-----------------------------------------
+A plugin hands each inbound message to ``await context.accept(inbound)`` (or ``accept_many``)
+and acknowledges it to the platform (HTTP 2xx, advancing a poll offset) only **after** that call
+returns. If ``accept`` raises, the plugin must not acknowledge: the platform will retry, and the
+journal's unique key makes the retry harmless.
+
+Providers
+---------
+An LLM provider class has a nested ``Config`` (subclass of :class:`ProviderConfig`), is
+constructed as ``Provider(name, config, context)`` with no I/O, answers ``complete`` and is
+closed with ``aclose`` (the core calls it once; a provider must tolerate a second call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import logging
+import os
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+
+import httpx
+import trio
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.errors import PluginError
+from gateway.messages import Completion, CompletionRequest, Inbound, Outbound, SendResult
+
+if TYPE_CHECKING:
+    import quart
+
+__all__ = [
+    "Accepted",
+    "Channel",
+    "ChannelConfig",
+    "ChannelContext",
+    "HistoryItem",
+    "LLMProvider",
+    "PluginConfig",
+    "PluginInfo",
+    "ProviderConfig",
+    "ProviderContext",
+    "Registry",
+    "load_registry",
+]
+
+CHANNEL_GROUP = "gateway.channels"
+LLM_GROUP = "gateway.llm"
+
+
+class PluginConfig(BaseModel):
+    """Base of every plugin's ``Config``: unknown keys are errors, values are immutable.
+
+    Declare fields with types and defaults; use :class:`~gateway.secretref.Secret` for anything
+    secret (the config file then holds a reference such as ``env:NAME``, and the value never
+    appears in a repr or a log line). Document each field with ``Field(description=...)``: the
+    admin UI and ``gateway plugins --verbose`` show it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    plugin: str = Field(description="Which plugin serves this table (an entry point name).")
+
+
+class ChannelConfig(PluginConfig):
+    """Keys every ``[channels.NAME]`` table accepts, whatever its plugin.
+
+    The send-rate fields default to "no limit"; a plugin's ``Config`` overrides the defaults with
+    its platform's published limits (Telegram: 30 messages/s per bot, about 1/s per chat).
+    """
+
+    agent: str = Field("default", description="The [agents.NAME] table that answers this channel.")
+    enabled: bool = Field(True, description="false keeps the table but does not start the channel.")
+    send_rate: float | None = Field(
+        None, gt=0, description="Messages per second this account may send in all (None: no limit)."
+    )
+    send_rate_per_chat: float | None = Field(
+        None, gt=0, description="Messages per second to one chat/thread (None: no limit)."
+    )
+    send_burst_per_chat: int = Field(
+        1, ge=1, description="How many messages one chat may receive at once before the rate applies."
+    )
+
+
+class ProviderConfig(PluginConfig):
+    """Keys every ``[providers.NAME]`` table accepts."""
+
+    timeout: float = Field(30.0, gt=0, description="Seconds one model call may take.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Accepted:
+    """The journal's answer to ``accept``: the message is committed (or was already)."""
+
+    message_id: int
+    conversation_id: int
+    duplicate: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryItem:
+    """One stored message of a thread, oldest first, as ``ChannelContext.history`` returns it."""
+
+    message_id: int
+    direction: Literal["in", "out"]
+    text: str
+    created_at: str
+    external_id: str | None
+
+
+class ChannelContext(Protocol):
+    """What the core offers a channel plugin. Safe to call from any task of the daemon."""
+
+    name: str
+    """The channel's name: NAME in ``[channels.NAME]``."""
+    http: httpx.AsyncClient
+    """The daemon's shared HTTP client. Do not close it."""
+    public_url: str | None
+    """The externally reachable base URL (``[http] public_url``), for registering webhooks."""
+    log: logging.Logger
+
+    async def accept(self, inbound: Inbound) -> Accepted:
+        """Commit ``inbound`` to the journal; return once it is durable. Raises StoreError if not."""
+        ...
+
+    async def accept_many(self, inbounds: Sequence[Inbound]) -> list[Accepted]:
+        """Commit several messages in one transaction, in the given order."""
+        ...
+
+    async def get_state(self, key: str) -> str | None:
+        """Read a small durable value of this channel's (a poll offset, a cursor)."""
+        ...
+
+    async def set_state(self, key: str, value: str) -> None:
+        """Durably store a small value of this channel's."""
+        ...
+
+    async def history(self, thread_key: str, *, limit: int = 50) -> list[HistoryItem]:
+        """The last ``limit`` messages of a thread of this channel, oldest first."""
+        ...
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """A messaging platform. See the module docstring for the life cycle."""
+
+    Config: ClassVar[type[ChannelConfig]]
+
+    def __init__(self, name: str, config: Any, context: ChannelContext) -> None: ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Receive messages until cancelled; call ``task_status.started()`` when ready."""
+        ...
+
+    def blueprint(self) -> quart.Blueprint | None:
+        """HTTP routes to mount on the public bind (webhooks, pages), or None."""
+        ...
+
+    async def send(self, outbound: Outbound) -> SendResult:
+        """Send one message or raise SendError."""
+        ...
+
+
+class ProviderContext(Protocol):
+    """What the core offers an LLM provider plugin."""
+
+    name: str
+    http: httpx.AsyncClient
+    config_dir: str
+    """Directory of the config file, for resolving relative paths (knowledge files)."""
+    log: logging.Logger
+
+
+@runtime_checkable
+class LLMProvider(Protocol):
+    """A language model endpoint."""
+
+    Config: ClassVar[type[ProviderConfig]]
+
+    def __init__(self, name: str, config: Any, context: ProviderContext) -> None: ...
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """Answer ``request`` or raise ProviderError. Cancellation must propagate."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections. Called once by the core; a second call must be harmless."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginInfo:
+    """A plugin found through an entry point (or handed in by a test)."""
+
+    kind: Literal["channel", "llm"]
+    name: str
+    cls: type[Any]
+    source: str
+    """Where it comes from: "sovereign-gateway 0.1.0 (plugins.telegram:TelegramChannel)"."""
+
+
+@dataclasses.dataclass
+class Registry:
+    """The plugins this process may use. Built by :func:`load_registry`, passed around."""
+
+    channels: dict[str, PluginInfo] = dataclasses.field(default_factory=dict)
+    providers: dict[str, PluginInfo] = dataclasses.field(default_factory=dict)
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Entry points that failed to import: "group:name" -> error text."""
+
+    def add(self, kind: Literal["channel", "llm"], name: str, cls: type[Any], source: str = "") -> None:
+        target = self.channels if kind == "channel" else self.providers
+        target[name] = PluginInfo(kind, name, cls, source or f"{cls.__module__}:{cls.__qualname__}")
+
+    def lookup(self, kind: Literal["channel", "llm"], name: str) -> PluginInfo:
+        table = self.channels if kind == "channel" else self.providers
+        if name in table:
+            return table[name]
+        group = CHANNEL_GROUP if kind == "channel" else LLM_GROUP
+        failed = self.failures.get(f"{group}:{name}")
+        if failed:
+            raise PluginError(f"{kind} plugin {name!r} is installed but failed to load: {failed}")
+        known = ", ".join(sorted(table)) or "none"
+        raise PluginError(
+            f"unknown {kind} plugin {name!r}; installed: {known}. Install the package that "
+            f"provides it (entry point group {group!r}) or fix the name"
+        )
+
+
+def load_registry(*, only: Collection[str] | None = None) -> Registry:
+    """Find plugins through entry points.
+
+    ``only`` (or the ``GATEWAY_PLUGINS`` environment variable, comma-separated) limits which
+    plugin names load; a plugin that fails to import is recorded in ``failures`` rather than
+    stopping the daemon, so ``gateway plugins`` can show it.
+    """
+    if only is None and os.environ.get("GATEWAY_PLUGINS"):
+        only = [p.strip() for p in os.environ["GATEWAY_PLUGINS"].split(",") if p.strip()]
+    registry = Registry()
+    for kind, group in (("channel", CHANNEL_GROUP), ("llm", LLM_GROUP)):
+        for ep in importlib.metadata.entry_points(group=group):
+            if only is not None and ep.name not in only:
+                continue
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
+            try:
+                cls = ep.load()
+            except Exception as exc:  # a broken third-party plugin must not stop the daemon
+                registry.failures[f"{group}:{ep.name}"] = f"{type(exc).__name__}: {exc}"
+                continue
+            registry.add(kind, ep.name, cls, f"{dist} ({ep.value})")  # type: ignore[arg-type]
+    return registry

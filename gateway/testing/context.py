@@ -1,0 +1,104 @@
+"""An in-memory ChannelContext / ProviderContext for testing one plugin without the daemon.
+
+``MemoryChannelContext`` behaves like the real journal: ``accept`` dedupes on
+``(account, external_id)`` and numbers messages in arrival order; ``fail_accepts`` makes the next
+accepts raise ``StoreError`` so a test can check that the plugin then does not acknowledge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Sequence
+
+import httpx
+import trio
+
+from gateway.errors import StoreError
+from gateway.messages import Inbound
+from gateway.plugin import Accepted, HistoryItem
+
+
+class MemoryChannelContext:
+    def __init__(
+        self,
+        name: str = "test",
+        *,
+        http: httpx.AsyncClient | None = None,
+        public_url: str | None = None,
+    ) -> None:
+        self.name = name
+        self.http = http if http is not None else httpx.AsyncClient()
+        self.public_url = public_url
+        self.log = logging.getLogger(f"gateway.channel.{name}")
+        self.inbound: list[Inbound] = []
+        """Every distinct message accepted, in order."""
+        self.duplicates: list[Inbound] = []
+        self.outbound_history: dict[str, list[HistoryItem]] = {}
+        self.state: dict[str, str] = {}
+        self.fail_accepts = 0
+        self._keys: dict[tuple[str, str], Accepted] = {}
+        self._threads: dict[str, int] = {}
+        self._changed = trio.Condition()
+
+    async def accept(self, inbound: Inbound) -> Accepted:
+        return (await self.accept_many([inbound]))[0]
+
+    async def accept_many(self, inbounds: Sequence[Inbound]) -> list[Accepted]:
+        await trio.lowlevel.checkpoint()
+        if self.fail_accepts:
+            self.fail_accepts -= 1
+            raise StoreError("MemoryChannelContext: simulated store failure")
+        result = []
+        for inbound in inbounds:
+            key = (inbound.account, inbound.external_id)
+            if key in self._keys:
+                self.duplicates.append(inbound)
+                result.append(dataclasses.replace(self._keys[key], duplicate=True))
+                continue
+            conversation = self._threads.setdefault(inbound.thread_key, len(self._threads) + 1)
+            self.inbound.append(inbound)
+            accepted = Accepted(len(self.inbound), conversation, duplicate=False)
+            self._keys[key] = accepted
+            result.append(accepted)
+        async with self._changed:
+            self._changed.notify_all()
+        return result
+
+    async def wait_inbound(self, count: int) -> list[Inbound]:
+        """Wait until at least ``count`` distinct messages were accepted."""
+        async with self._changed:
+            while len(self.inbound) < count:
+                await self._changed.wait()
+        return list(self.inbound)
+
+    async def get_state(self, key: str) -> str | None:
+        await trio.lowlevel.checkpoint()
+        return self.state.get(key)
+
+    async def set_state(self, key: str, value: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.state[key] = value
+
+    async def history(self, thread_key: str, *, limit: int = 50) -> list[HistoryItem]:
+        await trio.lowlevel.checkpoint()
+        items = [
+            HistoryItem(i + 1, "in", m.text, (m.sent_at or dt.datetime.now(dt.UTC)).isoformat(), m.external_id)
+            for i, m in enumerate(self.inbound)
+            if m.thread_key == thread_key
+        ]
+        items += self.outbound_history.get(thread_key, [])
+        items.sort(key=lambda h: h.created_at)
+        return items[-limit:]
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+@dataclasses.dataclass
+class MemoryProviderContext:
+    name: str = "test"
+    http: httpx.AsyncClient = dataclasses.field(default_factory=httpx.AsyncClient)
+    config_dir: str = "."
+    log: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("gateway.llm.test"))
