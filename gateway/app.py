@@ -1,0 +1,256 @@
+"""The daemon: one root nursery that starts every service in order, and shuts them down in order.
+
+Start-up: master key → encrypted store → shared HTTP client → providers and agents → pipeline
+(recovers pending journal and outbox) → channels (supervised) → HTTP (public, admin) → started.
+Shutdown (``stop`` set, e.g. by SIGTERM): HTTP stops taking requests and channels stop
+acknowledging (``accept`` raises, so platforms retry later); the pipeline drains for up to
+``shutdown_grace`` seconds; then everything is cancelled. Whatever did not finish is still in the
+journal and outbox and resumes at the next start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from gateway.config import GatewayConfig
+from gateway.http.admin import make_admin_app
+from gateway.http.public import make_public_app
+from gateway.keys import DATABASE_FILE, MasterKey, load_master_key
+from gateway.messages import Inbound
+from gateway.pipeline.agent import Agent
+from gateway.pipeline.core import Pipeline
+from gateway.plugin import Accepted, Channel, HistoryItem, LLMProvider
+from gateway.store import Store, open_store
+from gateway.store.journal import get_state_txn, history_txn, set_state_txn
+
+log = logging.getLogger("gateway")
+
+
+@dataclasses.dataclass(frozen=True)
+class Running:
+    """What ``serve`` reports once everything has started."""
+
+    public_urls: list[str]
+    admin_urls: list[str]
+    chat_urls: dict[str, str]
+    master_key: MasterKey
+    pipeline: Pipeline
+    store: Store
+
+
+class CoreChannelContext:
+    """The ChannelContext the core gives each channel plugin (see gateway.plugin)."""
+
+    def __init__(
+        self, name: str, pipeline: Pipeline, store: Store, http: httpx.AsyncClient, public_url: str | None
+    ) -> None:
+        self.name = name
+        self.http = http
+        self.public_url = public_url
+        self.log = logging.getLogger(f"gateway.channel.{name}")
+        self._pipeline = pipeline
+        self._store = store
+
+    async def accept(self, inbound: Inbound) -> Accepted:
+        return (await self._pipeline.accept(self.name, [inbound]))[0]
+
+    async def accept_many(self, inbounds: Sequence[Inbound]) -> list[Accepted]:
+        if not inbounds:
+            return []
+        return await self._pipeline.accept(self.name, inbounds)
+
+    async def get_state(self, key: str) -> str | None:
+        value: str | None = await self._store.read("channel state", get_state_txn, self.name, key)
+        return value
+
+    async def set_state(self, key: str, value: str) -> None:
+        await self._store.write("channel state", set_state_txn, self.name, key, value)
+
+    async def history(self, thread_key: str, *, limit: int = 50) -> list[HistoryItem]:
+        rows = await self._store.read("thread history", history_txn, self.name, thread_key, limit)
+        return [HistoryItem(*row) for row in rows]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderContextImpl:
+    name: str
+    http: httpx.AsyncClient
+    config_dir: str
+    log: logging.Logger
+
+
+async def supervise(
+    label: str,
+    run: Callable[..., Awaitable[None]],
+    restarts: dict[str, int],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a plugin's ``run``; if it crashes or returns, log, count and restart it with backoff.
+
+    Reports started after the first start (or the first failure: a plugin that cannot start must
+    not keep the rest of the daemon from starting). Cancellation passes straight through.
+    """
+    delay = 1.0
+    reported = False
+    while True:
+        began = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(run)
+                if not reported:
+                    task_status.started()
+                    reported = True
+                log.info("%s started", label)
+        except Exception as exc:
+            log.error("%s crashed: %s", label, _describe(exc), exc_info=exc)
+        else:
+            log.warning("%s stopped by itself", label)
+        if not reported:
+            task_status.started()
+            reported = True
+        restarts[label] = restarts.get(label, 0) + 1
+        if trio.current_time() - began > 60:
+            delay = 1.0
+        log.info("restarting %s in %.0fs", label, delay)
+        await trio.sleep(delay)
+        delay = min(delay * 2, 60.0)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return _describe(exc.exceptions[0])
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _hypercorn_config(bind: str, grace: float) -> hypercorn.config.Config:
+    config = hypercorn.config.Config()
+    config.bind = [bind]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("gateway.http")
+    config.graceful_timeout = grace
+    config.include_server_header = False
+    return config
+
+
+async def serve(
+    config: GatewayConfig,
+    *,
+    stop: trio.Event | None = None,
+    environ: Mapping[str, str] | None = None,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the gateway until ``stop`` is set (or the task is cancelled)."""
+    stop = stop if stop is not None else trio.Event()
+    data_dir: Path = config.data_dir
+    master = load_master_key(data_dir, reference=config.gateway.master_key, environ=environ)
+    log.info("master key: %s", master.source)
+    grace = config.gateway.shutdown_grace
+    providers: dict[str, LLMProvider] = {}
+    async with open_store(data_dir / DATABASE_FILE, master.derive("sqlcipher")) as store:
+        async with httpx.AsyncClient(timeout=30.0, follow_redirects=False) as http:
+            try:
+                for name, entry in config.providers.items():
+                    ctx = ProviderContextImpl(
+                        name, http, str(config.config_dir), logging.getLogger(f"gateway.llm.{name}")
+                    )
+                    providers[name] = entry.plugin.cls(name, entry.config, ctx)
+                agents = {
+                    name: Agent(
+                        name,
+                        agent,
+                        agent.provider,
+                        providers[agent.provider],
+                        config.providers[agent.provider].config.timeout,
+                    )
+                    for name, agent in config.agents.items()
+                }
+                pipeline = Pipeline(
+                    store,
+                    agents,
+                    master.derive("dedupe"),
+                    max_concurrent_answers=config.gateway.workers,
+                )
+                await _run(config, store, http, pipeline, master, stop, grace, task_status)
+            finally:
+                with trio.CancelScope(shield=True):
+                    for provider in providers.values():
+                        try:
+                            await provider.aclose()
+                        except Exception:
+                            log.exception("closing a provider failed")
+
+
+async def _run(
+    config: GatewayConfig,
+    store: Store,
+    http: httpx.AsyncClient,
+    pipeline: Pipeline,
+    master: MasterKey,
+    stop: trio.Event,
+    grace: float,
+    task_status: trio.TaskStatus[Running],
+) -> None:
+    restarts: dict[str, int] = {}
+    stop_http = trio.Event()
+    async with trio.open_nursery() as root:
+        plugins: dict[str, Channel] = {}
+        for name, entry in config.channels.items():
+            if not entry.config.enabled:
+                continue
+            ctx = CoreChannelContext(name, pipeline, store, http, config.http.public_url)
+            plugin = entry.plugin.cls(name, entry.config, ctx)
+            plugins[name] = plugin
+            pipeline.add_channel(name, entry.config, plugin)
+        await root.start(pipeline.run)
+        for name, plugin in plugins.items():
+            await root.start(supervise, f"channel {name}", plugin.run, restarts)
+        public_app = make_public_app(plugins)
+        admin_app = make_admin_app(config, pipeline, store, restarts)
+        public_urls = await root.start(
+            functools.partial(
+                hypercorn.trio.serve,
+                public_app,
+                _hypercorn_config(config.http.public_bind, grace),
+                shutdown_trigger=stop_http.wait,
+            )
+        )
+        admin_urls = await root.start(
+            functools.partial(
+                hypercorn.trio.serve,
+                admin_app,
+                _hypercorn_config(config.http.admin_bind, grace),
+                shutdown_trigger=stop_http.wait,
+            )
+        )
+        base = public_urls[0] if public_urls else ""
+        chat_urls = {
+            name: f"{base}/chat/{name}/"
+            for name, entry in config.channels.items()
+            if entry.config.enabled and entry.plugin.name == "webchat"
+        }
+        task_status.started(Running(public_urls, admin_urls, chat_urls, master, pipeline, store))
+        log.info("gateway started: public %s, admin %s", public_urls, admin_urls)
+        await stop.wait()
+        log.info("shutting down: draining for up to %.0fs", grace)
+        pipeline.accepting = False
+        stop_http.set()
+        with trio.move_on_after(grace) as drain:
+            await pipeline.wait_idle()
+        if drain.cancelled_caught:
+            log.warning(
+                "shutdown grace of %.0fs ran out with work in progress; it resumes at the next start",
+                grace,
+            )
+        root.cancel_scope.cancel()
+    log.info("gateway stopped")

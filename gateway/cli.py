@@ -1,0 +1,173 @@
+"""``gateway`` command line: run | init | check-config | plugins."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from gateway import __version__
+from gateway.config import EMBEDDED, GatewayConfig, load_config
+from gateway.errors import GatewayError
+from gateway.keys import DATABASE_FILE, key_banner, load_master_key
+from gateway.logs import setup_logging
+from gateway.plugin import Registry, load_registry
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="Sovereign Gateway")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="start the gateway (embedded default without --config)")
+    p.add_argument("--config", "-c", metavar="FILE", help="TOML config file")
+    p = sub.add_parser("init", help="create the data directory and master key, then stop")
+    p.add_argument("--config", "-c", metavar="FILE", help="TOML config file")
+    p = sub.add_parser("check-config", help="validate a config file without starting")
+    p.add_argument("file", nargs="?", metavar="FILE", help="TOML config file (default: embedded)")
+    p = sub.add_parser("plugins", help="list the channel and LLM plugins found")
+    p.add_argument("--verbose", "-v", action="store_true", help="show each plugin's config keys")
+
+    args = parser.parse_args(argv)
+    registry = load_registry()
+    try:
+        if args.command == "plugins":
+            return cmd_plugins(registry, args.verbose)
+        if args.command == "check-config":
+            return cmd_check_config(args.file, registry)
+        config = load_config(args.config, registry)
+        if args.command == "init":
+            return cmd_init(config)
+        return cmd_run(config)
+    except GatewayError as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_plugins(registry: Registry, verbose: bool) -> int:
+    for title, table in (("channels", registry.channels), ("llm providers", registry.providers)):
+        print(f"{title}:")
+        for name, info in sorted(table.items()):
+            print(f"  {name:<12} {info.source}")
+            if verbose:
+                for key, field in info.cls.Config.model_fields.items():
+                    print(f"      {key}: {field.description or ''}")
+    if registry.failures:
+        print("failed to load:")
+        for name, error in sorted(registry.failures.items()):
+            print(f"  {name}: {error}")
+    return 0
+
+
+def cmd_check_config(file: str | None, registry: Registry) -> int:
+    config = load_config(file, registry)
+    print(f"{config.source}: OK")
+    for name, entry in config.channels.items():
+        state = "" if entry.config.enabled else " (disabled)"
+        print(f"  channel  {name}: {entry.plugin.name}, agent {entry.config.agent}{state}")
+    for name, agent in config.agents.items():
+        print(f"  agent    {name}: provider {agent.provider}")
+    for name, provider in config.providers.items():
+        print(f"  provider {name}: {provider.plugin.name}")
+    print(f"  data_dir {config.data_dir}")
+    return 0
+
+
+def cmd_init(config: GatewayConfig) -> int:
+    master = load_master_key(config.data_dir, reference=config.gateway.master_key)
+    if master.created:
+        print(key_banner(master), file=sys.stderr)
+    else:
+        print(f"master key already present: {master.source}")
+
+    async def _create() -> None:
+        from gateway.store import open_store
+
+        async with open_store(config.data_dir / DATABASE_FILE, master.derive("sqlcipher")):
+            pass
+
+    trio.run(_create)
+    print(f"encrypted database ready: {config.data_dir / DATABASE_FILE}")
+    return 0
+
+
+def cmd_run(config: GatewayConfig) -> int:
+    setup_logging(config)
+    log = logging.getLogger("gateway")
+    from gateway.app import Running, serve
+
+    async def _main() -> None:
+        stop = trio.Event()
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def _watch() -> None:
+                    async for signum in signals:
+                        if stop.is_set():
+                            log.warning("second %s: stopping now", signal.Signals(signum).name)
+                            nursery.cancel_scope.cancel()
+                            return
+                        log.info("%s received", signal.Signals(signum).name)
+                        stop.set()
+
+                nursery.start_soon(_watch)
+
+                async def _serve(*, task_status: trio.TaskStatus[Running]) -> None:
+                    await serve(config, stop=stop, task_status=task_status)
+                    # serve returns by itself after draining; the watcher must not outlive it.
+                    nursery.cancel_scope.cancel()
+
+                running: Running = await nursery.start(_serve)
+                _announce(config, running)
+
+    try:
+        trio.run(_main)
+    except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C during start-up
+        return 130
+    except BaseExceptionGroup as group:
+        # A start-up error (wrong key, port in use) arrives wrapped by the nurseries.
+        errors, rest = group.split((GatewayError, OSError))
+        if errors is None or rest is not None:
+            raise
+        for exc in _leaves(errors):
+            print(f"gateway: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def _announce(config: GatewayConfig, running: object) -> None:
+    from gateway.app import Running
+
+    assert isinstance(running, Running)
+    if running.master_key.created:
+        print(key_banner(running.master_key), file=sys.stderr, flush=True)
+    lines = [
+        "",
+        f"Sovereign Gateway {__version__} is running ({config.source if config.source != EMBEDDED else 'embedded default config'})",
+        f"  data:      {config.data_dir} (SQLCipher, key from {running.master_key.source})",
+        f"  public:    {', '.join(running.public_urls)}",
+        f"  admin:     {', '.join(running.admin_urls)}",
+    ]
+    for name, url in running.chat_urls.items():
+        lines.append(f"  web chat:  {url}   <- open this in a browser ({name})")
+    provider_names = {a.provider for a in config.agents.values()}
+    if "faq" in provider_names and not os.environ.get("OPENAI_API_KEY") and config.source == EMBEDDED:
+        lines.append("  AI:        offline FAQ answers (set OPENAI_API_KEY to use a real model)")
+    lines.append("  stop with Ctrl-C (SIGTERM drains in-flight work first)")
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

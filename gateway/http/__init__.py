@@ -1,0 +1,1 @@
+"""quart-trio apps: the public one (webhooks, web chat) and the admin one."""

@@ -1,0 +1,47 @@
+"""The public app: channel routes (webhooks, web chat pages) and a health check.
+
+Handlers stay thin (verify, journal, ack): hypercorn is the slowest layer (ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from quart import Response, redirect
+from quart_trio import QuartTrio
+
+from gateway.plugin import Channel
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def make_public_app(channels: Mapping[str, Channel]) -> QuartTrio:
+    app = QuartTrio("gateway.public")
+    app.config["MAX_CONTENT_LENGTH"] = 1 * 1024 * 1024
+    for plugin in channels.values():
+        blueprint = plugin.blueprint()
+        if blueprint is not None:
+            app.register_blueprint(blueprint)
+    chats = [name for name, p in channels.items() if type(p).__name__ == "WebchatChannel"]
+
+    @app.get("/")
+    async def index() -> Any:
+        if chats:
+            return redirect(f"/chat/{chats[0]}/")
+        return Response("Sovereign Gateway\n", content_type="text/plain")
+
+    @app.get("/healthz")
+    async def healthz() -> Any:
+        return {"status": "ok"}
+
+    @app.after_request
+    async def headers(response: Response) -> Response:
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        return response
+
+    return app

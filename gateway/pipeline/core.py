@@ -1,0 +1,262 @@
+"""The path of one message, top-down:
+
+1. ``accept``: a channel hands in inbound messages; they are journaled (committed, deduped by a
+   keyed hash of channel + account + external id) before the channel acknowledges them.
+2. ``_answer``: one lane per conversation takes its oldest pending journal entry, asks the
+   channel's agent, and commits the reply to the outbox together with closing the entry.
+3. ``_deliver``: one lane per conversation sends its outbox rows in order, within the channel's
+   rate limits, marking each row 'sending' before the send so a crash never causes a resend.
+
+On start, pending journal entries and outbox rows are picked up again (crash recovery).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import logging
+from collections.abc import Mapping, Sequence
+
+import trio
+
+from gateway.errors import SendError, StoreError
+from gateway.messages import Inbound, Outbound
+from gateway.pipeline.agent import Agent
+from gateway.pipeline.lanes import Lanes
+from gateway.pipeline.ratelimit import SendLimiter
+from gateway.plugin import Accepted, Channel, ChannelConfig
+from gateway.store import Store
+from gateway.store.journal import (
+    Intake,
+    accept_txn,
+    commit_reply_txn,
+    next_pending_txn,
+    pending_conversations_txn,
+)
+from gateway.store.outbox import (
+    OutboxItem,
+    mark_sending_txn,
+    next_outbox_txn,
+    open_conversations_txn,
+    record_attempt_txn,
+    recover_outbox_txn,
+)
+
+log = logging.getLogger("gateway.pipeline")
+
+MAX_SEND_ATTEMPTS = 5
+MAX_RATE_LIMITED_WAITS = 20
+
+
+class ShuttingDown(StoreError):
+    """Raised by ``accept`` once shutdown began: the channel must not acknowledge."""
+
+
+@dataclasses.dataclass
+class ChannelSlot:
+    name: str
+    config: ChannelConfig
+    plugin: Channel | None = None
+    limiter: SendLimiter | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        store: Store,
+        agents: Mapping[str, Agent],
+        dedupe_key: bytes,
+        *,
+        max_concurrent_answers: int = 64,
+        send_backoff: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.agents = agents
+        self.channels: dict[str, ChannelSlot] = {}
+        self._dedupe_key = dedupe_key
+        self._answer_limiter = trio.CapacityLimiter(max_concurrent_answers)
+        self._send_backoff = send_backoff
+        self.answers = Lanes("answer", self._answer)
+        self.deliveries = Lanes("deliver", self._deliver)
+        self.accepting = True
+        self.counters = {
+            "accepted": 0,
+            "duplicates": 0,
+            "replies": 0,
+            "fallbacks": 0,
+            "sent": 0,
+            "send_failed": 0,
+            "send_unknown": 0,
+            "send_retries": 0,
+        }
+
+    def add_channel(self, name: str, config: ChannelConfig, plugin: Channel) -> None:
+        self.channels[name] = ChannelSlot(
+            name,
+            config,
+            plugin,
+            SendLimiter(config.send_rate, config.send_rate_per_chat, config.send_burst_per_chat),
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.answers.run)
+            await nursery.start(self.deliveries.run)
+            interrupted = await self.store.write("recover outbox", recover_outbox_txn)
+            if interrupted:
+                self.counters["send_unknown"] += len(interrupted)
+                log.warning(
+                    "%d replies were being sent when the gateway stopped; they are marked "
+                    "'unknown' and not resent (at-most-once): outbox ids %s",
+                    len(interrupted),
+                    interrupted[:20],
+                )
+            for conversation_id in await self.store.read("pending journal", pending_conversations_txn):
+                self.answers.notify(conversation_id)
+            for conversation_id in await self.store.read("open outbox", open_conversations_txn):
+                self.deliveries.notify(conversation_id)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is being answered or sent (used to drain on shutdown)."""
+        while self.answers.active or self.deliveries.active:
+            await self.answers.wait_idle()
+            await self.deliveries.wait_idle()
+
+    # 1. intake -------------------------------------------------------------------------------
+
+    def dedupe_key(self, channel: str, inbound: Inbound) -> str:
+        material = "\0".join((channel, inbound.account, inbound.external_id)).encode()
+        return hmac.new(self._dedupe_key, material, hashlib.sha256).hexdigest()
+
+    async def accept(self, channel: str, inbounds: Sequence[Inbound]) -> list[Accepted]:
+        if not self.accepting:
+            raise ShuttingDown("the gateway is shutting down; the platform should retry")
+        slot = self.channels[channel]
+        for inbound in inbounds:
+            if not (inbound.account and inbound.external_id and inbound.thread_key and inbound.sender_id):
+                raise ValueError(
+                    f"channel {channel!r} produced an Inbound without account/external_id/"
+                    "thread_key/sender_id (a plugin bug)"
+                )
+        items = [
+            Intake(self.dedupe_key(channel, m), channel, slot.config.agent, m) for m in inbounds
+        ]
+        accepted: list[Accepted] = await self.store.write("accept inbound", accept_txn, items)
+        for result in accepted:
+            if result.duplicate:
+                self.counters["duplicates"] += 1
+            else:
+                self.counters["accepted"] += 1
+                self.answers.notify(result.conversation_id)
+        return accepted
+
+    # 2. answer -------------------------------------------------------------------------------
+
+    async def _answer(self, conversation_id: int) -> bool:
+        async with self._answer_limiter:
+            # The history window is the largest any agent wants; each agent trims its own.
+            window = max((a.config.history_turns for a in self.agents.values()), default=20)
+            work = await self.store.read(
+                "next pending message", next_pending_txn, conversation_id, window
+            )
+            if work is None:
+                return False
+            slot = self.channels.get(work.channel)
+            agent = self.agents.get(slot.config.agent if slot else work.agent)
+            if agent is None:
+                log.error(
+                    "no agent for channel %r (conversation %d); leaving message pending",
+                    work.channel,
+                    conversation_id,
+                )
+                return False
+            if len(work.history) > agent.config.history_turns + 1:
+                work = dataclasses.replace(work, history=work.history[-(agent.config.history_turns + 1):])
+            text, author = await agent.answer(work)
+        outbox_id = await self.store.write("commit reply", commit_reply_txn, work, text, author)
+        if outbox_id is not None:
+            self.counters["replies"] += 1
+            if author == "fallback":
+                self.counters["fallbacks"] += 1
+            self.deliveries.notify(conversation_id)
+        return True
+
+    # 3. deliver ------------------------------------------------------------------------------
+
+    async def _deliver(self, conversation_id: int) -> bool:
+        item: OutboxItem | None = await self.store.read(
+            "next outbox row", next_outbox_txn, conversation_id
+        )
+        if item is None:
+            return False
+        slot = self.channels.get(item.channel)
+        if slot is None or slot.plugin is None or slot.limiter is None:
+            log.warning("channel %r is not running; outbox %d waits", item.channel, item.id)
+            return False
+        outbound = Outbound(
+            outbox_id=item.id,
+            idempotency_key=item.idempotency_key,
+            account=item.account,
+            thread_key=item.thread_key,
+            text=item.text,
+            reply_to_external_id=item.reply_to_external_id,
+        )
+        rate_limited = 0
+        while True:
+            await slot.limiter.wait(item.thread_key)
+            attempt = await self.store.write("claim outbox row", mark_sending_txn, item.id)
+            if attempt == 0:
+                return True  # no longer pending (handled elsewhere)
+            try:
+                result = await slot.plugin.send(outbound)
+            except SendError as exc:
+                outcome, wait = self._classify(exc, attempt, rate_limited)
+                if exc.retry_after is not None:
+                    rate_limited += 1
+                await self.store.write(
+                    "record delivery", record_attempt_txn, item.id, attempt, outcome, detail=str(exc)
+                )
+                log.log(
+                    logging.WARNING if outcome != "retry" else logging.INFO,
+                    "send channel=%s outbox=%d attempt=%d outcome=%s: %s",
+                    item.channel, item.id, attempt, outcome, exc,
+                )
+                if outcome != "retry":
+                    self.counters["send_failed" if outcome == "failed" else "send_unknown"] += 1
+                    return True
+                self.counters["send_retries"] += 1
+                await trio.sleep(wait)
+                continue
+            except Exception as exc:
+                # Not a SendError: a plugin bug. The request may have gone out, so no resend.
+                log.exception("channel %s send raised %s; outbox %d marked failed",
+                              item.channel, type(exc).__name__, item.id)
+                await self.store.write(
+                    "record delivery", record_attempt_txn, item.id, attempt, "failed",
+                    detail=f"plugin error {type(exc).__name__}",
+                )
+                self.counters["send_failed"] += 1
+                return True
+            await self.store.write(
+                "record delivery", record_attempt_txn, item.id, attempt, "sent",
+                external_id=result.external_id,
+            )
+            self.counters["sent"] += 1
+            return True
+
+    def _classify(self, exc: SendError, attempt: int, rate_limited: int) -> tuple[str, float]:
+        if exc.uncertain:
+            return "unknown", 0.0
+        if exc.permanent:
+            return "failed", 0.0
+        if exc.retry_after is not None:
+            # Flood control is the platform telling us when; it does not use up attempts.
+            if rate_limited >= MAX_RATE_LIMITED_WAITS:
+                return "failed", 0.0
+            return "retry", float(exc.retry_after)
+        if attempt - rate_limited >= MAX_SEND_ATTEMPTS:
+            return "failed", 0.0
+        return "retry", min(self._send_backoff * 2 ** (attempt - rate_limited - 1), 60.0)

@@ -1,0 +1,237 @@
+"""The intake journal and the conversation records it creates (contacts, identities, messages)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+
+import sqlite_utils
+
+from gateway.messages import Inbound
+from gateway.plugin import Accepted
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
+@dataclasses.dataclass(frozen=True)
+class Intake:
+    """An inbound message with what the core adds before it is journaled."""
+
+    dedupe_key: str
+    channel: str
+    agent: str
+    inbound: Inbound
+
+
+def accept_txn(db: sqlite_utils.Database, items: Sequence[Intake]) -> list[Accepted]:
+    """Journal each message unless its dedupe key is known; create contact/identity/conversation."""
+    conn = db.conn
+    result = []
+    for item in items:
+        row = conn.execute(
+            "SELECT message_id, conversation_id FROM journal WHERE dedupe_key = ?",
+            (item.dedupe_key,),
+        ).fetchone()
+        if row is not None:
+            result.append(Accepted(row[0] or 0, row[1], duplicate=True))
+            continue
+        m = item.inbound
+        ts = now()
+        identity = conn.execute(
+            "SELECT contact_id FROM identities WHERE channel = ? AND external_id = ?",
+            (item.channel, m.sender_id),
+        ).fetchone()
+        if identity is None:
+            contact_id = conn.execute(
+                "INSERT INTO contacts (display_name, language, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?)",
+                (m.sender_name, m.language, ts, ts),
+            ).lastrowid
+            conn.execute(
+                "INSERT INTO identities (contact_id, channel, external_id, display_name, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (contact_id, item.channel, m.sender_id, m.sender_name, ts),
+            )
+        else:
+            contact_id = identity[0]
+        conversation = conn.execute(
+            "SELECT id FROM conversations WHERE channel = ? AND account = ? AND thread_key = ?",
+            (item.channel, m.account, m.thread_key),
+        ).fetchone()
+        if conversation is None:
+            conversation_id = conn.execute(
+                "INSERT INTO conversations (channel, account, thread_key, contact_id, agent, "
+                "created_at, last_message_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (item.channel, m.account, m.thread_key, contact_id, item.agent, ts, ts),
+            ).lastrowid
+        else:
+            conversation_id = conversation[0]
+            conn.execute(
+                "UPDATE conversations SET last_message_at = ? WHERE id = ?", (ts, conversation_id)
+            )
+        message_id = conn.execute(
+            "INSERT INTO messages (conversation_id, direction, text, external_id, author, "
+            "created_at, platform_sent_at) VALUES (?, 'in', ?, ?, 'contact', ?, ?)",
+            (
+                conversation_id,
+                m.text,
+                m.external_id,
+                ts,
+                m.sent_at.isoformat() if m.sent_at else None,
+            ),
+        ).lastrowid
+        conn.execute(
+            "INSERT INTO journal (dedupe_key, channel, conversation_id, message_id, received_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (item.dedupe_key, item.channel, conversation_id, message_id, ts),
+        )
+        assert message_id is not None and conversation_id is not None
+        result.append(Accepted(message_id, conversation_id, duplicate=False))
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Turn:
+    direction: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingWork:
+    """The oldest unanswered inbound message of a conversation, with what an agent needs."""
+
+    journal_id: int
+    conversation_id: int
+    message_id: int
+    channel: str
+    account: str
+    thread_key: str
+    agent: str
+    external_id: str | None
+    history: tuple[Turn, ...]
+    """Earlier messages of the conversation, oldest first, ending with this message."""
+
+
+def pending_conversations_txn(db: sqlite_utils.Database) -> list[int]:
+    return [
+        r[0]
+        for r in db.conn.execute(
+            "SELECT DISTINCT conversation_id FROM journal WHERE state = 'pending' ORDER BY conversation_id"
+        )
+    ]
+
+
+def next_pending_txn(
+    db: sqlite_utils.Database, conversation_id: int, history_turns: int
+) -> PendingWork | None:
+    conn = db.conn
+    row = conn.execute(
+        "SELECT j.id, j.message_id, c.channel, c.account, c.thread_key, c.agent, m.external_id "
+        "FROM journal j JOIN conversations c ON c.id = j.conversation_id "
+        "LEFT JOIN messages m ON m.id = j.message_id "
+        "WHERE j.conversation_id = ? AND j.state = 'pending' ORDER BY j.id LIMIT 1",
+        (conversation_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    journal_id, message_id, channel, account, thread_key, agent, external_id = row
+    # Earlier messages, and every reply so far: a reply committed after this message arrived
+    # answers an earlier one (one conversation is answered in order), so it belongs before it.
+    turns = conn.execute(
+        "SELECT direction, text FROM messages WHERE conversation_id = ? "
+        "AND (id < ? OR direction = 'out') ORDER BY id DESC LIMIT ?",
+        (conversation_id, message_id or 0, history_turns),
+    ).fetchall()
+    current = conn.execute("SELECT direction, text FROM messages WHERE id = ?", (message_id,)).fetchone()
+    if current is not None:
+        turns.insert(0, current)
+    return PendingWork(
+        journal_id=journal_id,
+        conversation_id=conversation_id,
+        message_id=message_id or 0,
+        channel=channel,
+        account=account,
+        thread_key=thread_key,
+        agent=agent,
+        external_id=external_id,
+        history=tuple(Turn(d, t) for d, t in reversed(turns)),
+    )
+
+
+def commit_reply_txn(
+    db: sqlite_utils.Database, work: PendingWork, text: str, author: str
+) -> int | None:
+    """Store the reply in the outbox and close the journal entry, in one transaction.
+
+    The idempotency key is the journal id: running the same work twice (a crash after the model
+    answered, before this commit) cannot create a second reply. Returns the outbox id, or None
+    if this work was already done.
+    """
+    conn = db.conn
+    ts = now()
+    key = f"reply:{work.journal_id}"
+    if conn.execute("SELECT 1 FROM outbox WHERE idempotency_key = ?", (key,)).fetchone():
+        conn.execute(
+            "UPDATE journal SET state = 'done', done_at = coalesce(done_at, ?) WHERE id = ?",
+            (ts, work.journal_id),
+        )
+        return None
+    message_id = conn.execute(
+        "INSERT INTO messages (conversation_id, direction, text, author, created_at) "
+        "VALUES (?, 'out', ?, ?, ?)",
+        (work.conversation_id, text, author, ts),
+    ).lastrowid
+    outbox_id = conn.execute(
+        "INSERT INTO outbox (idempotency_key, conversation_id, message_id, channel, account, "
+        "thread_key, text, reply_to_external_id, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            key,
+            work.conversation_id,
+            message_id,
+            work.channel,
+            work.account,
+            work.thread_key,
+            text,
+            work.external_id,
+            ts,
+            ts,
+        ),
+    ).lastrowid
+    conn.execute(
+        "UPDATE journal SET state = 'done', done_at = ? WHERE id = ?", (ts, work.journal_id)
+    )
+    conn.execute(
+        "UPDATE conversations SET last_message_at = ? WHERE id = ?", (ts, work.conversation_id)
+    )
+    return outbox_id
+
+
+def get_state_txn(db: sqlite_utils.Database, channel: str, key: str) -> str | None:
+    row = db.conn.execute(
+        "SELECT value FROM channel_state WHERE channel = ? AND key = ?", (channel, key)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def set_state_txn(db: sqlite_utils.Database, channel: str, key: str, value: str) -> None:
+    db.conn.execute(
+        "INSERT INTO channel_state (channel, key, value) VALUES (?, ?, ?) "
+        "ON CONFLICT (channel, key) DO UPDATE SET value = excluded.value",
+        (channel, key, value),
+    )
+
+
+def history_txn(
+    db: sqlite_utils.Database, channel: str, thread_key: str, limit: int
+) -> list[tuple[int, str, str, str, str | None]]:
+    rows = db.conn.execute(
+        "SELECT m.id, m.direction, m.text, m.created_at, m.external_id FROM messages m "
+        "JOIN conversations c ON c.id = m.conversation_id "
+        "WHERE c.channel = ? AND c.thread_key = ? ORDER BY m.id DESC LIMIT ?",
+        (channel, thread_key, limit),
+    ).fetchall()
+    return list(reversed(rows))

@@ -1,0 +1,126 @@
+"""One writer thread with group commit.
+
+Every write of the daemon is a ``*_txn(db, ...)`` function run here. Jobs that queue up while a
+transaction commits go into the next transaction together (group commit): ~100k acknowledged
+writes/s against ~13k/s with one thread hop and commit each (ARCHITECTURE.md). Each job runs in
+its own savepoint, so one failing job rolls back alone and its caller gets the exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import sqlite_utils
+import trio
+
+log = logging.getLogger("gateway.store")
+
+MAX_BATCH = 512
+
+
+class Job:
+    __slots__ = ("desc", "fn", "args", "result", "error", "event")
+
+    def __init__(self, desc: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.desc = desc
+        self.fn = fn
+        self.args = args
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.event = trio.Event()
+
+
+_STOP = object()
+
+
+class Writer:
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self._db = db
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._loop, name="gateway-db-writer", daemon=True)
+        self.commits = 0
+        self.jobs = 0
+        self.failed = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def run(self, desc: str, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.failed:
+            from gateway.errors import StoreError
+
+            raise StoreError("the database writer has stopped after an error; see the log")
+        job = Job(desc, fn, args)
+        self._queue.put(job)
+        # Not shielded: a cancelled caller stops waiting, the write still happens; every
+        # txn is safe to have happened without its caller knowing (dedupe keys, states).
+        await job.event.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    async def stop(self) -> None:
+        self._queue.put(_STOP)
+        await trio.to_thread.run_sync(self._thread.join)
+
+    def _loop(self) -> None:
+        conn = self._db.conn
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch: list[Job] = [item]
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            started = time.perf_counter()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for job in batch:
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        job.result = job.fn(self._db, *job.args)
+                    except Exception as exc:
+                        job.error = exc
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                conn.execute("COMMIT")
+            except Exception as exc:  # the commit itself failed (disk full, I/O error)
+                log.error("database commit failed (%s); %d writes rolled back", exc, len(batch))
+                try:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                except Exception:  # pragma: no cover - best effort after a failed commit
+                    pass
+                from gateway.errors import StoreError
+
+                for job in batch:
+                    job.error = StoreError(f"database write {job.desc!r} failed: {exc}")
+            self.commits += 1
+            self.jobs += len(batch)
+            elapsed = time.perf_counter() - started
+            if elapsed > 1.0:
+                log.warning("slow commit: %d writes took %.2fs", len(batch), elapsed)
+            try:
+                self._token.run_sync_soon(_wake, batch)
+            except trio.RunFinishedError:  # pragma: no cover - the loop ended under us
+                return
+
+
+def _wake(batch: list[Job]) -> None:
+    for job in batch:
+        job.event.set()
