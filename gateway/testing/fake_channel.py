@@ -35,6 +35,8 @@ class FakeChannel:
         self.running = False
         self.send_gate: trio.Event | None = None
         """If set, every send waits for this event first (to hold a send in flight)."""
+        self.at_gate = trio.Event()
+        """Set once a send is waiting at ``send_gate``."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.running = True
@@ -64,6 +66,7 @@ class FakeChannel:
 
     async def send(self, outbound: Outbound) -> SendResult:
         if self.send_gate is not None:
+            self.at_gate.set()
             await self.send_gate.wait()
         await trio.lowlevel.checkpoint()
         if self._failures:

@@ -1,0 +1,112 @@
+"""The gateway as a real process, for crash tests and benchmarks.
+
+::
+
+    async with open_daemon_process(config_path, env, log_path) as daemon:
+        ...                    # daemon.ready has been set: the gateway printed that it runs
+        daemon.kill()          # kill -9
+        await daemon.wait()
+
+The process's output is drained by a task of the block (a full pipe would stall the daemon) and
+written to ``log_path``; ``ready`` is set when the start-up announcement appears, so nothing here
+sleeps to wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+import trio
+
+READY_MARK = b"is running"
+
+
+class DaemonProcess:
+    def __init__(self, process: trio.Process, log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+        self.ready = trio.Event()
+        self.exited = trio.Event()
+        self.output = bytearray()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind, as a power cut would leave the process."""
+        if self.process.returncode is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+
+    def terminate(self) -> None:
+        if self.process.returncode is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    def peak_rss_kib(self) -> int | None:
+        """VmHWM: the process's peak resident set size so far (Linux)."""
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        except OSError:
+            return None
+        return None
+
+    async def _drain(self) -> None:
+        assert self.process.stdout is not None
+        with self.log_path.open("ab") as log:
+            async for chunk in self.process.stdout:
+                log.write(chunk)
+                log.flush()
+                self.output += chunk
+                if not self.ready.is_set() and READY_MARK in self.output:
+                    self.ready.set()
+        self.exited.set()
+
+
+@contextlib.asynccontextmanager
+async def open_daemon_process(
+    config_path: Path, env: Mapping[str, str], log_path: Path
+) -> AsyncIterator[DaemonProcess]:
+    """Start ``gateway run --config config_path`` and wait until it is ready (or has died)."""
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "gateway", "run", "--config", str(config_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=full_env,
+    )
+    daemon = DaemonProcess(process, log_path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(daemon._drain)
+        try:
+            with trio.move_on_after(60):
+                async with trio.open_nursery() as wait:
+                    async def _ready() -> None:
+                        await daemon.ready.wait()
+                        wait.cancel_scope.cancel()
+
+                    async def _died() -> None:
+                        await daemon.exited.wait()
+                        wait.cancel_scope.cancel()
+
+                    wait.start_soon(_ready)
+                    wait.start_soon(_died)
+            if not daemon.ready.is_set():
+                raise RuntimeError(
+                    "the gateway did not start:\n" + daemon.output.decode(errors="replace")[-4000:]
+                )
+            yield daemon
+        finally:
+            with trio.CancelScope(shield=True):
+                daemon.kill()
+                await process.wait()

@@ -1,0 +1,233 @@
+"""The whole daemon in-process (real config loader, store, pipeline, HTTP) with a fake channel
+and a fake model: ordering, dedupe, retries, fallback, rate limits, drain and recovery."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import trio
+import trio.testing
+
+from gateway.errors import SendError
+from gateway.plugin import Registry
+from gateway.testing.daemon import open_gateway
+from gateway.testing.fake_channel import FakeChannel
+from gateway.testing.fake_llm import FakeProvider
+
+CONFIG = """
+[gateway]
+data_dir = "data"
+shutdown_grace = 5
+[http]
+public_bind = "127.0.0.1:0"
+admin_bind = "127.0.0.1:0"
+[channels.support]
+plugin = "fake"
+agent = "default"
+{channel_extra}
+[agents.default]
+provider = "model"
+system_prompt = "Be brief."
+max_attempts = 3
+retry_backoff = 1.0
+fallback_text = "Sorry, try later."
+[providers.model]
+plugin = "fake"
+timeout = 5
+"""
+
+
+@pytest.fixture
+def registry() -> Registry:
+    registry = Registry()
+    registry.add("channel", "fake", FakeChannel)
+    registry.add("llm", "fake", FakeProvider)
+    return registry
+
+
+def config(channel_extra: str = "") -> str:
+    return CONFIG.format(channel_extra=channel_extra)
+
+
+async def test_replies_in_order_and_stores_conversation(tmp_path, registry):
+    async with open_gateway(config(), registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        for text in ("first", "second", "third"):
+            await channel.deliver("chat1", "alice", text)
+        await channel.wait_sent(3)
+        texts = channel.texts("chat1")
+        assert [t.endswith(w) for t, w in zip(texts, ("first", "second", "third"), strict=True)] == [True] * 3
+        # The model saw the conversation so far: the third request carries all earlier turns.
+        provider: FakeProvider = gw.provider()
+        third = provider.requests[2]
+        assert [m.content for m in third.messages if m.role == "user"] == ["first", "second", "third"]
+        assert third.system == "Be brief."
+        counts = await gw.running.store.read(
+            "counts", lambda db: {t: db[t].count for t in ("contacts", "conversations", "messages")}
+        )
+        assert counts == {"contacts": 1, "conversations": 1, "messages": 6}
+
+
+async def test_redelivered_message_is_acknowledged_but_answered_once(tmp_path, registry):
+    async with open_gateway(config(), registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        first = await channel.deliver("chat1", "alice", "hello", external_id="42")
+        again = await channel.deliver("chat1", "alice", "hello", external_id="42")
+        assert not first.duplicate and again.duplicate
+        await channel.deliver("chat1", "alice", "bye", external_id="43")
+        await channel.wait_sent(2)
+        await gw.wait_idle()
+        assert len(channel.sent) == 2
+        assert len(gw.provider().requests) == 2
+
+
+async def test_many_chats_proceed_concurrently(tmp_path, registry):
+    async with open_gateway(config(), registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        provider: FakeProvider = gw.provider()
+        provider.model.latency = 0.05
+        in_flight = peak = 0
+        complete = provider.complete
+
+        async def counting_complete(request):
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                return await complete(request)
+            finally:
+                in_flight -= 1
+
+        provider.complete = counting_complete  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            for chat in range(40):
+                for n in range(3):
+                    nursery.start_soon(
+                        functools.partial(channel.deliver, external_id=f"{chat}-{n}"),
+                        f"chat{chat}", f"user{chat}", f"m{n}",
+                    )
+        await channel.wait_sent(120)
+        for chat in range(40):
+            assert len(channel.texts(f"chat{chat}")) == 3
+        assert peak > 1  # chats were answered side by side
+
+
+async def test_model_errors_are_retried_then_answered(tmp_path, registry, autojump_clock):
+    async with open_gateway(config(), registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        provider: FakeProvider = gw.provider()
+        provider.fail_next(2, retryable=True)
+        await channel.deliver("chat1", "alice", "are you there")
+        (reply,) = await channel.wait_sent(1)
+        assert reply.text.endswith("are you there")
+        assert len(provider.requests) == 3
+
+
+async def test_model_down_gives_fallback_text_not_silence(tmp_path, registry, autojump_clock):
+    async with open_gateway(config(), registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        provider: FakeProvider = gw.provider()
+        provider.fail_next(3, retryable=True)
+        await channel.deliver("chat1", "alice", "hello")
+        (reply,) = await channel.wait_sent(1)
+        assert reply.text == "Sorry, try later."
+        provider.fail_next(1, retryable=False)  # a bad request is not retried
+        await channel.deliver("chat1", "alice", "hello again")
+        await channel.wait_sent(2)
+        assert channel.sent[1].text == "Sorry, try later."
+        assert len(provider.requests) == 4
+
+
+async def test_model_hang_times_out_and_falls_back(tmp_path, registry, autojump_clock):
+    async with open_gateway(config(), registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        provider: FakeProvider = gw.provider()
+        provider.hang_next(3)
+        await channel.deliver("chat1", "alice", "hello")
+        (reply,) = await channel.wait_sent(1)
+        assert reply.text == "Sorry, try later."
+
+
+async def test_platform_flood_control_is_honoured(tmp_path, registry, autojump_clock):
+    async with open_gateway(config(), registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        channel.fail_next(SendError("Too Many Requests", retry_after=30))
+        start = trio.current_time()
+        await channel.deliver("chat1", "alice", "hello")
+        await channel.wait_sent(1)
+        assert trio.current_time() - start >= 30
+        assert len(channel.sent) == 1
+
+
+async def test_permanent_send_error_is_not_retried(tmp_path, registry):
+    async with open_gateway(config(), registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        channel.fail_next(SendError("Forbidden: bot was blocked by the user", permanent=True))
+        await channel.deliver("chat1", "alice", "hello")
+        await channel.deliver("chat1", "alice", "again")
+        await channel.wait_sent(1)
+        await gw.wait_idle()
+        assert len(channel.sent) == 1 and channel.sent[0].text.endswith("again")
+        states = await gw.running.store.read(
+            "s", lambda db: [r[0] for r in db.conn.execute("SELECT state FROM outbox ORDER BY id")]
+        )
+        assert states == ["failed", "sent"]
+
+
+async def test_per_chat_send_rate(tmp_path, registry, autojump_clock):
+    extra = "send_rate_per_chat = 1.0\nsend_burst_per_chat = 1"
+    async with open_gateway(config(extra), registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        times: list[float] = []
+        original = channel.send
+
+        async def timed_send(outbound):
+            times.append(trio.current_time())
+            return await original(outbound)
+
+        channel.send = timed_send  # type: ignore[method-assign]
+        for n in range(4):
+            await channel.deliver("chat1", "alice", f"m{n}")
+        await channel.wait_sent(4)
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert all(gap >= 0.99 for gap in gaps), gaps
+
+
+async def test_shutdown_drains_in_flight_work(tmp_path, registry):
+    async with open_gateway(config(), registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        provider: FakeProvider = gw.provider()
+        provider.model.latency = 0.2
+        await channel.deliver("chat1", "alice", "hello")
+        await provider.wait_requests(1)
+        gw.stop.set()
+    # serve() returned only after the reply went out.
+    assert [o.text for o in channel.sent] == ["echo: hello"]
+
+
+async def test_crash_then_restart_resumes_without_duplicates(tmp_path, registry):
+    async with open_gateway(config(), registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        provider: FakeProvider = gw.provider()
+        provider.hang_next(1)  # the first message is mid-answer when we crash
+        await channel.deliver("chat1", "alice", "one")
+        await provider.wait_requests(1)
+        await channel.deliver("chat2", "bob", "two")
+        await channel.wait_sent(1)  # chat2 answered and sent
+        channel.send_gate = trio.Event()  # the next send stays in flight...
+        await channel.deliver("chat3", "carol", "three")
+        await channel.at_gate.wait()
+        gw.crash()  # ...when the process dies
+    sent_before = [o.text for o in channel.sent]
+    async with open_gateway(config(), registry, tmp_path) as gw:
+        channel2: FakeChannel = gw.channel("support")
+        await channel2.wait_sent(1)
+        await gw.wait_idle()
+        # chat1 resumed from the journal; chat2 not resent; chat3 was in flight: not resent.
+        assert [o.thread_key for o in channel2.sent] == ["chat1"]
+        assert sent_before == ["echo: two"]
+        states = await gw.running.store.read(
+            "s", lambda db: dict(db.conn.execute("SELECT thread_key, state FROM outbox"))
+        )
+        assert states == {"chat1": "sent", "chat2": "sent", "chat3": "unknown"}
