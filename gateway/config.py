@@ -133,7 +133,8 @@ def load_config(
 
     With the embedded default, ``OPENAI_API_KEY`` in the environment switches the default agent
     from the offline FAQ provider to OpenAI (``OPENAI_BASE_URL`` and ``OPENAI_MODEL`` override
-    its endpoint and model).
+    its endpoint and model), and ``GATEWAY_DATA_DIR``, ``GATEWAY_PUBLIC_BIND`` and
+    ``GATEWAY_ADMIN_BIND`` move its data directory and binds.
     """
     env = dict(os.environ if environ is None else environ)
     if path is None:
@@ -161,6 +162,15 @@ def load_config(
             line=exc.lineno,
             fix="see https://toml.io for the syntax; strings need quotes",
         ) from None
+    if path is None:
+        # The embedded default can be moved without writing a config file.
+        for var, section, key in (
+            ("GATEWAY_DATA_DIR", "gateway", "data_dir"),
+            ("GATEWAY_PUBLIC_BIND", "http", "public_bind"),
+            ("GATEWAY_ADMIN_BIND", "http", "admin_bind"),
+        ):
+            if env.get(var):
+                raw.setdefault(section, {})[key] = env[var]
     if path is None and env.get("OPENAI_API_KEY"):
         raw.setdefault("providers", {})["openai"] = {
             "plugin": "openai",
@@ -273,7 +283,7 @@ class _Validator:
 
     def model(self, model: type[BaseModel], raw: dict[str, Any], table: str) -> Any:
         try:
-            return model.model_validate(raw)
+            return model.model_validate(raw, context={"environ": self.env})
         except ValidationError as exc:
             raise self._from_validation(exc, model, table) from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic_core import core_schema
@@ -58,7 +59,9 @@ def _validate_secret(value: Any, info: core_schema.ValidationInfo) -> Secret:
         return value
     if not isinstance(value, str):
         raise ValueError("must be a secret reference string such as \"env:NAME\"")
-    return resolve(value)
+    # The config loader passes the environment it was given (tests, `check-config`).
+    environ = (info.context or {}).get("environ")
+    return resolve(value, environ=environ)
 
 
 def is_reference(text: str) -> bool:
@@ -66,7 +69,7 @@ def is_reference(text: str) -> bool:
     return bool(sep) and scheme in SCHEMES and bool(rest)
 
 
-def resolve(reference: str, *, environ: dict[str, str] | None = None) -> Secret:
+def resolve(reference: str, *, environ: Mapping[str, str] | None = None) -> Secret:
     """Resolve ``reference`` to a Secret, or raise SecretRefError saying what to fix."""
     env = os.environ if environ is None else environ
     if not is_reference(reference):

@@ -134,5 +134,9 @@ async def test_kill_9_loses_nothing_and_never_sends_twice(tmp_path):
     assert read_db(data_dir, "SELECT state, count(*) FROM journal GROUP BY state") == [("done", len(pushed))]
     states = dict(read_db(data_dir, "SELECT state, count(*) FROM outbox GROUP BY state"))
     assert states.get("sent", 0) + states.get("unknown", 0) == len(pushed), states
-    # In-flight sends at a kill are the only replies that may be missing, and there are few.
-    assert len(unknown) <= 2 * len(KILL_POINTS), unknown
+    # Only sends in flight at a kill may be 'unknown': at most one per conversation lane per kill.
+    assert len(unknown) <= CHATS * len(KILL_POINTS), unknown
+    print(
+        f"\ncrash test: {len(pushed)} messages, {len(KILL_POINTS)} kills, {len(unknown)} replies in "
+        f"flight at a kill ({delivered_unknown} of them had reached Telegram), 0 duplicates, 0 lost"
+    )
