@@ -30,8 +30,10 @@ TOKEN = "123456:BENCH-token"
 
 
 def config_text(data_dir: Path, tg_base: str, llm_base: str, telegram_limits: bool) -> str:
-    limits = "" if telegram_limits else (
-        "send_rate = 100000\nsend_rate_per_chat = 100000\nsend_burst_per_chat = 1000\n"
+    limits = (
+        ""
+        if telegram_limits
+        else ("send_rate = 100000\nsend_rate_per_chat = 100000\nsend_burst_per_chat = 1000\n")
     )
     return f"""
 [gateway]
@@ -57,18 +59,22 @@ model = "fake-model"
 """
 
 
-async def run(messages: int, chats: int, telegram_limits: bool, timeout: float) -> int:
+async def run(messages: int, chats: int, telegram_limits: bool, wait_limit: float) -> int:
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         tmpdir = Path(tmp)
         async with open_fake_telegram(TOKEN) as tg, open_fake_openai() as llm:
             config = tmpdir / "gateway.toml"
-            config.write_text(config_text(tmpdir / "data", tg.api_base, llm.base_url, telegram_limits))
+            config.write_text(
+                config_text(tmpdir / "data", tg.api_base, llm.base_url, telegram_limits)
+            )
             env = {"TELEGRAM_TOKEN": TOKEN, "OPENAI_API_KEY": "sk-bench"}
             pushed_at: dict[tuple[int, str], float] = {}
             received_at: dict[tuple[int, str], list[float]] = collections.defaultdict(list)
 
             def on_send(sent) -> None:
-                received_at[(sent.chat_id, sent.text.removeprefix("echo: "))].append(time.perf_counter())
+                received_at[(sent.chat_id, sent.text.removeprefix("echo: "))].append(
+                    time.perf_counter()
+                )
 
             tg.on_send = on_send
             async with open_daemon_process(config, env, tmpdir / "daemon.log") as daemon:
@@ -79,7 +85,7 @@ async def run(messages: int, chats: int, telegram_limits: bool, timeout: float) 
                     text = f"message {i}"
                     pushed_at[(chat, text)] = time.perf_counter()
                     tg.push_message(chat, text)
-                with trio.move_on_after(timeout):
+                with trio.move_on_after(wait_limit):
                     await tg.wait_sent(messages)
                 # A moment more only to catch duplicates that would arrive late.
                 with trio.move_on_after(1.0):
@@ -90,7 +96,9 @@ async def run(messages: int, chats: int, telegram_limits: bool, timeout: float) 
                 await daemon.wait()
 
     latencies = sorted(
-        (received_at[key][0] - pushed) * 1000 for key, pushed in pushed_at.items() if received_at.get(key)
+        (received_at[key][0] - pushed) * 1000
+        for key, pushed in pushed_at.items()
+        if received_at.get(key)
     )
     lost = sum(1 for key in pushed_at if not received_at.get(key))
     duplicated = sum(len(v) - 1 for v in received_at.values() if len(v) > 1)
@@ -104,16 +112,23 @@ async def run(messages: int, chats: int, telegram_limits: bool, timeout: float) 
         print(f"latency p99    {p99:10.1f} ms")
     print(f"lost           {lost:10d}")
     print(f"duplicated     {duplicated:10d}")
-    print(f"peak RSS       {(peak or 0) / 1024:10.1f} MiB   (idle after start: {(rss_idle or 0) / 1024:.1f} MiB)")
+    print(
+        f"peak RSS       {(peak or 0) / 1024:10.1f} MiB   (idle after start: {(rss_idle or 0) / 1024:.1f} MiB)"
+    )
     return 0 if lost == 0 and duplicated == 0 else 1
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", "-k", type=int, default=2000)
     parser.add_argument("--chats", "-n", type=int, default=200)
-    parser.add_argument("--telegram-limits", action="store_true",
-                        help="keep Telegram's default send limits instead of lifting them for the fake API")
+    parser.add_argument(
+        "--telegram-limits",
+        action="store_true",
+        help="keep Telegram's default send limits instead of lifting them for the fake API",
+    )
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
     return trio.run(run, args.messages, args.chats, args.telegram_limits, args.timeout)

@@ -15,7 +15,6 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import httpx
 import hypercorn.config
@@ -52,7 +51,12 @@ class CoreChannelContext:
     """The ChannelContext the core gives each channel plugin (see gateway.plugin)."""
 
     def __init__(
-        self, name: str, pipeline: Pipeline, store: Store, http: httpx.AsyncClient, public_url: str | None
+        self,
+        name: str,
+        pipeline: Pipeline,
+        store: Store,
+        http: httpx.AsyncClient,
+        public_url: str | None,
     ) -> None:
         self.name = name
         self.http = http

@@ -163,7 +163,11 @@ def _announce(config: GatewayConfig, running: object) -> None:
     for name, url in running.chat_urls.items():
         lines.append(f"  web chat:  {url}   <- open this in a browser ({name})")
     provider_names = {a.provider for a in config.agents.values()}
-    if "faq" in provider_names and not os.environ.get("OPENAI_API_KEY") and config.source == EMBEDDED:
+    if (
+        "faq" in provider_names
+        and not os.environ.get("OPENAI_API_KEY")
+        and config.source == EMBEDDED
+    ):
         lines.append("  AI:        offline FAQ answers (set OPENAI_API_KEY to use a real model)")
     lines.append("  stop with Ctrl-C (SIGTERM drains in-flight work first)")
     print("\n".join(lines), flush=True)

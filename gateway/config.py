@@ -32,7 +32,7 @@ class _Section(BaseModel):
 def _check_bind(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} is not HOST:PORT (e.g. \"127.0.0.1:8080\")")
+        raise ValueError(f'{value!r} is not HOST:PORT (e.g. "127.0.0.1:8080")')
     return value
 
 
@@ -58,7 +58,9 @@ class GatewaySection(_Section):
 class HttpSection(_Section):
     public_bind: str = Field("127.0.0.1:8080", description="Webhooks, web chat, developer API.")
     admin_bind: str = Field("127.0.0.1:8081", description="Admin UI and health checks.")
-    public_url: str | None = Field(None, description="External base URL, used to register webhooks.")
+    public_url: str | None = Field(
+        None, description="External base URL, used to register webhooks."
+    )
 
     _binds = field_validator("public_bind", "admin_bind")(_check_bind)
 
@@ -66,14 +68,16 @@ class HttpSection(_Section):
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"{value!r} is not an http(s) URL such as \"https://gw.example.com\"")
+            raise ValueError(f'{value!r} is not an http(s) URL such as "https://gw.example.com"')
         return value.rstrip("/") if value else value
 
 
 class AgentConfig(_Section):
     provider: str = Field(description="The [providers.NAME] table this agent asks.")
     system_prompt: str = Field("You are a helpful, concise support assistant.")
-    history_turns: int = Field(20, ge=0, le=500, description="Earlier messages sent with each request.")
+    history_turns: int = Field(
+        20, ge=0, le=500, description="Earlier messages sent with each request."
+    )
     max_attempts: int = Field(3, ge=1, le=10, description="Model calls before the fallback text.")
     retry_backoff: float = Field(1.0, ge=0, description="First retry delay in seconds; doubles.")
     retry_backoff_max: float = Field(20.0, ge=0, description="Longest retry delay in seconds.")
@@ -192,18 +196,23 @@ class _Validator:
         self.registry = registry
         self.env = env
 
-    def error(self, problem: str, table: str | None, key: str | None = None, fix: str | None = None) -> ConfigError:
+    def error(
+        self, problem: str, table: str | None, key: str | None = None, fix: str | None = None
+    ) -> ConfigError:
         return ConfigError(
-            problem, file=self.source, table=table, key=key, line=self.find_line(table, key), fix=fix
+            problem,
+            file=self.source,
+            table=table,
+            key=key,
+            line=self.find_line(table, key),
+            fix=fix,
         )
 
     def validate(self, raw: dict[str, Any]) -> GatewayConfig:
         for key in raw:
             if key not in TOP_LEVEL and key not in TABLES:
                 known = sorted([*TOP_LEVEL, *TABLES])
-                raise self.error(
-                    f"unknown table [{key}]", key, fix=self._did_you_mean(key, known)
-                )
+                raise self.error(f"unknown table [{key}]", key, fix=self._did_you_mean(key, known))
         sections: dict[str, Any] = {}
         for key, model in TOP_LEVEL.items():
             value = raw.get(key, {})
@@ -219,9 +228,7 @@ class _Validator:
         for key in TABLES:
             value = raw.get(key, {})
             if not isinstance(value, dict) or any(not isinstance(v, dict) for v in value.values()):
-                raise self.error(
-                    f"[{key}] must hold named tables such as [{key}.NAME]", None, key
-                )
+                raise self.error(f"[{key}] must hold named tables such as [{key}.NAME]", None, key)
         providers = {
             name: ProviderEntry(name, *self.plugin("llm", f"providers.{name}", table))
             for name, table in raw.get("providers", {}).items()
@@ -254,8 +261,9 @@ class _Validator:
                 )
         if not any(c.config.enabled for c in channels.values()):
             raise self.error(
-                "no channel is enabled", "channels",
-                fix="add a [channels.NAME] table with plugin = \"webchat\" or \"telegram\"",
+                "no channel is enabled",
+                "channels",
+                fix='add a [channels.NAME] table with plugin = "webchat" or "telegram"',
             )
         return GatewayConfig(
             source=self.source,
@@ -272,8 +280,9 @@ class _Validator:
         if not isinstance(name, str) or not name:
             names = self.registry.channels if kind == "channel" else self.registry.providers
             raise self.error(
-                "missing key 'plugin'", table, fix="add plugin = \"NAME\" with one of: "
-                + ", ".join(sorted(names)),
+                "missing key 'plugin'",
+                table,
+                fix='add plugin = "NAME" with one of: ' + ", ".join(sorted(names)),
             )
         try:
             info = self.registry.lookup(kind, name)  # type: ignore[arg-type]
@@ -287,14 +296,18 @@ class _Validator:
         except ValidationError as exc:
             raise self._from_validation(exc, model, table) from None
 
-    def _from_validation(self, exc: ValidationError, model: type[BaseModel], table: str) -> ConfigError:
+    def _from_validation(
+        self, exc: ValidationError, model: type[BaseModel], table: str
+    ) -> ConfigError:
         err = exc.errors(include_url=False)[0]
         key = ".".join(str(p) for p in err["loc"]) if err["loc"] else None
         top = str(err["loc"][0]) if err["loc"] else None
         fields = model.model_fields
         if err["type"] == "extra_forbidden":
             return self.error(
-                "unknown key", table, key,
+                "unknown key",
+                table,
+                key,
                 fix=self._did_you_mean(top or "", sorted(fields)),
             )
         if err["type"] == "missing":
@@ -307,9 +320,13 @@ class _Validator:
             message += f" (got {type(got).__name__} {got!r})"
         fix = None
         if "environment variable" in message:
-            fix = "export the variable before starting (or put it in the systemd unit's Environment=)"
+            fix = (
+                "export the variable before starting (or put it in the systemd unit's Environment=)"
+            )
         elif "must not be written into the config file" in message:
-            fix = f'store it elsewhere and write {key} = "env:NAME" (or file:, credential:, keyring:)'
+            fix = (
+                f'store it elsewhere and write {key} = "env:NAME" (or file:, credential:, keyring:)'
+            )
         return self.error(message, table, key, fix=fix)
 
     def _did_you_mean(self, word: str, choices: list[str]) -> str:
@@ -330,11 +347,18 @@ class _Validator:
                 if current == table:
                     header_line = number
                 continue
-            if first_key and current == (table or None) and re.match(
-                rf"^[\"']?{re.escape(first_key)}[\"']?\s*=", stripped
+            if (
+                first_key
+                and current == (table or None)
+                and re.match(rf"^[\"']?{re.escape(first_key)}[\"']?\s*=", stripped)
             ):
                 return number
-            if table is None and first_key and current is None and stripped.startswith(f"[{first_key}"):
+            if (
+                table is None
+                and first_key
+                and current is None
+                and stripped.startswith(f"[{first_key}")
+            ):
                 return number
         if table is None and first_key:
             for number, line in enumerate(self.lines, start=1):

@@ -80,9 +80,13 @@ def load_master_key(
     credentials = env.get("CREDENTIALS_DIRECTORY")
     if credentials and (Path(credentials) / CREDENTIAL_NAME).is_file():
         text = (Path(credentials) / CREDENTIAL_NAME).read_text()
-        return MasterKey(parse_key(text, "systemd credential"), f"systemd credential {CREDENTIAL_NAME}")
+        return MasterKey(
+            parse_key(text, "systemd credential"), f"systemd credential {CREDENTIAL_NAME}"
+        )
     if env.get(ENV_NAME):
-        return MasterKey(parse_key(env[ENV_NAME], f"${ENV_NAME}"), f"environment variable {ENV_NAME}")
+        return MasterKey(
+            parse_key(env[ENV_NAME], f"${ENV_NAME}"), f"environment variable {ENV_NAME}"
+        )
     key_file = data_dir / KEY_FILE
     if key_file.exists():
         mode = stat.S_IMODE(key_file.stat().st_mode)
@@ -98,7 +102,9 @@ def load_master_key(
             "restore the key that encrypted it: a new key cannot open it"
         )
     if not create:
-        raise MasterKeyError(f"no master key found and {key_file} does not exist; run `gateway init`")
+        raise MasterKeyError(
+            f"no master key found and {key_file} does not exist; run `gateway init`"
+        )
     return MasterKey(generate_key_file(key_file), f"key file {key_file}", created=True)
 
 

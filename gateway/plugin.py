@@ -106,7 +106,9 @@ class ChannelConfig(PluginConfig):
         None, gt=0, description="Messages per second to one chat/thread (None: no limit)."
     )
     send_burst_per_chat: int = Field(
-        1, ge=1, description="How many messages one chat may receive at once before the rate applies."
+        1,
+        ge=1,
+        description="How many messages one chat may receive at once before the rate applies.",
     )
 
 
@@ -236,7 +238,9 @@ class Registry:
     failures: dict[str, str] = dataclasses.field(default_factory=dict)
     """Entry points that failed to import: "group:name" -> error text."""
 
-    def add(self, kind: Literal["channel", "llm"], name: str, cls: type[Any], source: str = "") -> None:
+    def add(
+        self, kind: Literal["channel", "llm"], name: str, cls: type[Any], source: str = ""
+    ) -> None:
         target = self.channels if kind == "channel" else self.providers
         target[name] = PluginInfo(kind, name, cls, source or f"{cls.__module__}:{cls.__qualname__}")
 

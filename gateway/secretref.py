@@ -9,8 +9,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic_core import core_schema
@@ -58,7 +58,7 @@ def _validate_secret(value: Any, info: core_schema.ValidationInfo) -> Secret:
     if isinstance(value, Secret):
         return value
     if not isinstance(value, str):
-        raise ValueError("must be a secret reference string such as \"env:NAME\"")
+        raise ValueError('must be a secret reference string such as "env:NAME"')
     # The config loader passes the environment it was given (tests, `check-config`).
     environ = (info.context or {}).get("environ")
     return resolve(value, environ=environ)
@@ -81,7 +81,9 @@ def resolve(reference: str, *, environ: Mapping[str, str] | None = None) -> Secr
     if scheme == "env":
         value = env.get(name)
         if not value:
-            raise SecretRefError(f"environment variable {name} is not set (referenced as {reference!r})")
+            raise SecretRefError(
+                f"environment variable {name} is not set (referenced as {reference!r})"
+            )
         return Secret(value, reference)
     if scheme == "file":
         return Secret(_read_file(Path(name), reference), reference)

@@ -31,7 +31,10 @@ def make_admin_app(
             "journal": await store.read("status", journal_counts_txn),
             "outbox": await store.read("status", outbox_counts_txn),
             "counters": pipeline.counters,
-            "lanes": {"answering": pipeline.answers.active, "delivering": pipeline.deliveries.active},
+            "lanes": {
+                "answering": pipeline.answers.active,
+                "delivering": pipeline.deliveries.active,
+            },
             "store": store.stats,
             "restarts": restarts,
         }

@@ -18,7 +18,12 @@ log = logging.getLogger("gateway.agent")
 
 class Agent:
     def __init__(
-        self, name: str, config: AgentConfig, provider_name: str, provider: LLMProvider, timeout: float
+        self,
+        name: str,
+        config: AgentConfig,
+        provider_name: str,
+        provider: LLMProvider,
+        timeout: float,
     ) -> None:
         self.name = name
         self.config = config
@@ -76,7 +81,9 @@ class Agent:
             if attempt < cfg.max_attempts:
                 self.calls["retry"] += 1
                 backoff = min(cfg.retry_backoff * 2 ** (attempt - 1), cfg.retry_backoff_max)
-                await trio.sleep(min(delay, cfg.retry_backoff_max) if delay is not None else backoff)
+                await trio.sleep(
+                    min(delay, cfg.retry_backoff_max) if delay is not None else backoff
+                )
         self.calls["fallback"] += 1
         return cfg.fallback_text, "fallback"
 

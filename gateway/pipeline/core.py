@@ -112,7 +112,9 @@ class Pipeline:
                     len(interrupted),
                     interrupted[:20],
                 )
-            for conversation_id in await self.store.read("pending journal", pending_conversations_txn):
+            for conversation_id in await self.store.read(
+                "pending journal", pending_conversations_txn
+            ):
                 self.answers.notify(conversation_id)
             for conversation_id in await self.store.read("open outbox", open_conversations_txn):
                 self.deliveries.notify(conversation_id)
@@ -136,7 +138,9 @@ class Pipeline:
             raise ShuttingDown("the gateway is shutting down; the platform should retry")
         slot = self.channels[channel]
         for inbound in inbounds:
-            if not (inbound.account and inbound.external_id and inbound.thread_key and inbound.sender_id):
+            if not (
+                inbound.account and inbound.external_id and inbound.thread_key and inbound.sender_id
+            ):
                 raise ValueError(
                     f"channel {channel!r} produced an Inbound without account/external_id/"
                     "thread_key/sender_id (a plugin bug)"
@@ -174,7 +178,9 @@ class Pipeline:
                 )
                 return False
             if len(work.history) > agent.config.history_turns + 1:
-                work = dataclasses.replace(work, history=work.history[-(agent.config.history_turns + 1):])
+                work = dataclasses.replace(
+                    work, history=work.history[-(agent.config.history_turns + 1) :]
+                )
             text, author = await agent.answer(work)
         outbox_id = await self.store.write("commit reply", commit_reply_txn, work, text, author)
         if outbox_id is not None:
@@ -217,12 +223,21 @@ class Pipeline:
                 if exc.retry_after is not None:
                     rate_limited += 1
                 await self.store.write(
-                    "record delivery", record_attempt_txn, item.id, attempt, outcome, detail=str(exc)
+                    "record delivery",
+                    record_attempt_txn,
+                    item.id,
+                    attempt,
+                    outcome,
+                    detail=str(exc),
                 )
                 log.log(
                     logging.WARNING if outcome != "retry" else logging.INFO,
                     "send channel=%s outbox=%d attempt=%d outcome=%s: %s",
-                    item.channel, item.id, attempt, outcome, exc,
+                    item.channel,
+                    item.id,
+                    attempt,
+                    outcome,
+                    exc,
                 )
                 if outcome != "retry":
                     self.counters["send_failed" if outcome == "failed" else "send_unknown"] += 1
@@ -232,16 +247,28 @@ class Pipeline:
                 continue
             except Exception as exc:
                 # Not a SendError: a plugin bug. The request may have gone out, so no resend.
-                log.exception("channel %s send raised %s; outbox %d marked failed",
-                              item.channel, type(exc).__name__, item.id)
+                log.exception(
+                    "channel %s send raised %s; outbox %d marked failed",
+                    item.channel,
+                    type(exc).__name__,
+                    item.id,
+                )
                 await self.store.write(
-                    "record delivery", record_attempt_txn, item.id, attempt, "failed",
+                    "record delivery",
+                    record_attempt_txn,
+                    item.id,
+                    attempt,
+                    "failed",
                     detail=f"plugin error {type(exc).__name__}",
                 )
                 self.counters["send_failed"] += 1
                 return True
             await self.store.write(
-                "record delivery", record_attempt_txn, item.id, attempt, "sent",
+                "record delivery",
+                record_attempt_txn,
+                item.id,
+                attempt,
+                "sent",
                 external_id=result.external_id,
             )
             self.counters["sent"] += 1

@@ -34,7 +34,9 @@ class TokenBucket:
 class SendLimiter:
     """A channel's global rate and its per-chat rate."""
 
-    def __init__(self, rate: float | None, rate_per_chat: float | None, burst_per_chat: int) -> None:
+    def __init__(
+        self, rate: float | None, rate_per_chat: float | None, burst_per_chat: int
+    ) -> None:
         self._global = TokenBucket(rate, max(1, int(rate))) if rate else None
         self._rate_per_chat = rate_per_chat
         self._burst_per_chat = burst_per_chat

@@ -49,9 +49,7 @@ class Store:
 
     async def read(self, desc: str, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(db, *args)`` on a reader connection (sees every committed write)."""
-        return await trio.to_thread.run_sync(
-            self._read_sync, fn, args, limiter=self._read_limiter
-        )
+        return await trio.to_thread.run_sync(self._read_sync, fn, args, limiter=self._read_limiter)
 
     def _read_sync(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         # A pool rather than thread-locals: trio's worker threads come and go.
@@ -86,13 +84,13 @@ async def open_store(path: Path, key: bytes) -> AsyncIterator[Store]:
     def _open() -> sqlite_utils.Database:
         db = connect(path, key)
         migrations.apply(db)
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(str(path) + suffix)
+            if p.exists():
+                p.chmod(0o600)
         return db
 
     db = await trio.to_thread.run_sync(_open)
-    for suffix in ("", "-wal", "-shm"):
-        p = Path(str(path) + suffix)
-        if p.exists():
-            p.chmod(0o600)
     writer = Writer(db)
     writer.start()
     store = Store(path, key, writer)

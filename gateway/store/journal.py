@@ -145,7 +145,9 @@ def next_pending_txn(
         "AND (id < ? OR direction = 'out') ORDER BY id DESC LIMIT ?",
         (conversation_id, message_id or 0, history_turns),
     ).fetchall()
-    current = conn.execute("SELECT direction, text FROM messages WHERE id = ?", (message_id,)).fetchone()
+    current = conn.execute(
+        "SELECT direction, text FROM messages WHERE id = ?", (message_id,)
+    ).fetchone()
     if current is not None:
         turns.insert(0, current)
     return PendingWork(

@@ -84,7 +84,13 @@ class MemoryChannelContext:
     async def history(self, thread_key: str, *, limit: int = 50) -> list[HistoryItem]:
         await trio.lowlevel.checkpoint()
         items = [
-            HistoryItem(i + 1, "in", m.text, (m.sent_at or dt.datetime.now(dt.UTC)).isoformat(), m.external_id)
+            HistoryItem(
+                i + 1,
+                "in",
+                m.text,
+                (m.sent_at or dt.datetime.now(dt.UTC)).isoformat(),
+                m.external_id,
+            )
             for i, m in enumerate(self.inbound)
             if m.thread_key == thread_key
         ]
@@ -101,4 +107,6 @@ class MemoryProviderContext:
     name: str = "test"
     http: httpx.AsyncClient = dataclasses.field(default_factory=httpx.AsyncClient)
     config_dir: str = "."
-    log: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("gateway.llm.test"))
+    log: logging.Logger = dataclasses.field(
+        default_factory=lambda: logging.getLogger("gateway.llm.test")
+    )

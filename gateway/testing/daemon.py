@@ -61,7 +61,9 @@ async def open_gateway(
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         running: Running = await nursery.start(
-            lambda task_status: serve(config, stop=stop, environ=environ or {}, task_status=task_status)
+            lambda task_status: serve(
+                config, stop=stop, environ=environ or {}, task_status=task_status
+            )
         )
         gw = GatewayUnderTest(config, running, stop, nursery.cancel_scope)
         try:

@@ -23,7 +23,6 @@ class FakeChannel:
     class Config(ChannelConfig):
         account: str = Field("fake-bot", description="The account id the fake platform reports.")
 
-
     def __init__(self, name: str, config: Config, context: ChannelContext) -> None:
         self.name = name
         self.config = config

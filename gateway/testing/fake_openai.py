@@ -119,6 +119,8 @@ class FakeOpenAIServer:
         self.requests: list[dict[str, Any]] = []
         self.received: list[RecordedRequest] = []
         self.on_request: OnRequest | None = None
+        self.connections = 0
+        """How many TCP connections were accepted (a keep-alive client reuses a few)."""
         self._reply: ReplyFunction = default_reply
         self._script = _Script()
         self._changed = trio.Condition()
@@ -135,12 +137,20 @@ class FakeOpenAIServer:
     # -- scripting -------------------------------------------------------------------------
 
     def fail_next(
-        self, count: int = 1, *, status: int = 500, retry_after: float | None = None
+        self,
+        count: int = 1,
+        *,
+        status: int = 500,
+        retry_after: float | None = None,
+        message: str = "simulated failure",
     ) -> None:
-        """Answer the next ``count`` chat requests with ``status`` (and ``retry-after`` if given)."""
+        """Answer the next ``count`` chat requests with ``status`` (and ``retry-after`` if given).
+
+        ``message`` goes into the OpenAI-style error body (``{"error": {"message": ...}}``).
+        """
         if not 400 <= status <= 599:
             raise ValueError(f"fail_next status must be an HTTP error (4xx/5xx), not {status}")
-        self._script.failures.extend(Failure(status, retry_after) for _ in range(count))
+        self._script.failures.extend(Failure(status, retry_after, message) for _ in range(count))
 
     def hang_next(self, count: int = 1) -> None:
         """Never answer the next ``count`` chat requests (until the server stops)."""
@@ -171,6 +181,7 @@ class FakeOpenAIServer:
             task_status.started(self.base_url)
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_BODY)
         try:
             async with stream:
@@ -213,7 +224,10 @@ class FakeOpenAIServer:
     async def _route(
         self, stream: trio.SocketStream, conn: h11.Connection, request: RecordedRequest
     ) -> None:
-        if self.api_key is not None and request.headers.get("authorization") != f"Bearer {self.api_key}":
+        if (
+            self.api_key is not None
+            and request.headers.get("authorization") != f"Bearer {self.api_key}"
+        ):
             await _send_json(stream, conn, 401, _error_body("Incorrect API key provided.", 401))
             return
         if request.method == "GET" and request.path == "/v1/models":
@@ -274,13 +288,17 @@ class FakeOpenAIServer:
         completion_id = f"chatcmpl-fake{next(self._ids)}"
         model = str(body["model"])
         usage = {
-            "prompt_tokens": sum(_count_tokens(_text_of(m.get("content"))) for m in body["messages"]),
+            "prompt_tokens": sum(
+                _count_tokens(_text_of(m.get("content"))) for m in body["messages"]
+            ),
             "completion_tokens": _count_tokens(reply),
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            await _send_stream(stream, conn, completion_id, model, reply, usage if include_usage else None)
+            await _send_stream(
+                stream, conn, completion_id, model, reply, usage if include_usage else None
+            )
             return
         await _send_json(
             stream,
@@ -319,7 +337,9 @@ def _text_of(content: Any) -> str:
         return content
     if isinstance(content, list):
         return " ".join(
-            str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
+            str(p.get("text", ""))
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text"
         )
     return ""
 
@@ -338,7 +358,13 @@ def _validate_chat(body: Any) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "messages must be a non-empty array"
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in {"system", "developer", "user", "assistant", "tool"}:
+        if not isinstance(m, dict) or m.get("role") not in {
+            "system",
+            "developer",
+            "user",
+            "assistant",
+            "tool",
+        }:
             return f"messages[{i}] has no valid role"
     return None
 
@@ -405,15 +431,23 @@ async def _send_stream(
         return b"data: " + json.dumps(event).encode() + b"\n\n"
 
     # No content-length: h11 then uses chunked transfer encoding, as real SSE endpoints do.
-    out = conn.send(h11.Response(status_code=200, headers=[(b"content-type", b"text/event-stream")]))
+    out = conn.send(
+        h11.Response(status_code=200, headers=[(b"content-type", b"text/event-stream")])
+    )
     await stream.send_all(out)  # type: ignore[arg-type]
     pieces = [chunk({"role": "assistant", "content": ""}, None)]
     words = reply.split(" ")
     pieces += [chunk({"content": w if i == 0 else " " + w}, None) for i, w in enumerate(words)]
     pieces.append(chunk({}, "stop"))
     if usage is not None:
-        tail = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                "model": model, "choices": [], "usage": usage}
+        tail = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
         pieces.append(b"data: " + json.dumps(tail).encode() + b"\n\n")
     pieces.append(b"data: [DONE]\n\n")
     for piece in pieces:

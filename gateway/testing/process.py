@@ -91,6 +91,7 @@ async def open_daemon_process(
         try:
             with trio.move_on_after(60):
                 async with trio.open_nursery() as wait:
+
                     async def _ready() -> None:
                         await daemon.ready.wait()
                         wait.cancel_scope.cancel()

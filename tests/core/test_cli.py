@@ -9,7 +9,9 @@ from pathlib import Path
 EXAMPLE = Path(__file__).parents[2] / "config" / "gateway.example.toml"
 
 
-def gateway(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def gateway(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
         capture_output=True,
@@ -38,7 +40,11 @@ def test_check_config_ok_and_error(tmp_path):
     bad.write_text(EXAMPLE.read_text().replace('mode = "polling"', 'mode = "pollin"', 1))
     result = gateway("check-config", str(bad), env=env)
     assert result.returncode == 2
-    assert str(bad) in result.stderr and "[channels.support_bot]" in result.stderr and "'mode'" in result.stderr
+    assert (
+        str(bad) in result.stderr
+        and "[channels.support_bot]" in result.stderr
+        and "'mode'" in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -71,7 +77,10 @@ def test_run_with_wrong_key_stops_with_clear_error(tmp_path):
     )
     assert gateway("init", "--config", str(config), env={"PATH": "/usr/bin:/bin"}).returncode == 0
     result = gateway(
-        "run", "--config", str(config), env={"PATH": "/usr/bin:/bin", "GATEWAY_MASTER_KEY": "00" * 32}
+        "run",
+        "--config",
+        str(config),
+        env={"PATH": "/usr/bin:/bin", "GATEWAY_MASTER_KEY": "00" * 32},
     )
     assert result.returncode == 2
     assert "does not open" in result.stderr and "Traceback" not in result.stderr

@@ -66,7 +66,9 @@ def test_issue_example_loads_with_secrets_resolved(tmp_path, registry):
 
 
 def test_unknown_key_names_file_table_key_line_and_suggests(tmp_path, registry):
-    err = load_error(tmp_path, ISSUE_EXAMPLE.replace('mode = "polling"', 'mdoe = "polling"'), registry)
+    err = load_error(
+        tmp_path, ISSUE_EXAMPLE.replace('mode = "polling"', 'mdoe = "polling"'), registry
+    )
     text = str(err)
     assert err.table == "channels.support_bot" and err.key == "mdoe"
     assert err.line == 10
@@ -90,13 +92,19 @@ def test_literal_secret_is_refused(tmp_path, registry):
 
 
 def test_unknown_plugin_lists_installed_ones(tmp_path, registry):
-    err = load_error(tmp_path, ISSUE_EXAMPLE.replace('plugin = "telegram"', 'plugin = "telegran"'), registry)
+    err = load_error(
+        tmp_path, ISSUE_EXAMPLE.replace('plugin = "telegram"', 'plugin = "telegran"'), registry
+    )
     assert err.key == "plugin" and err.line == 8
     assert "unknown channel plugin 'telegran'" in str(err) and "telegram" in str(err)
 
 
 def test_wrong_type_says_what_it_got(tmp_path, registry):
-    err = load_error(tmp_path, ISSUE_EXAMPLE.replace('admin_bind = "127.0.0.1:8081"', "admin_bind = 8081"), registry)
+    err = load_error(
+        tmp_path,
+        ISSUE_EXAMPLE.replace('admin_bind = "127.0.0.1:8081"', "admin_bind = 8081"),
+        registry,
+    )
     assert err.table == "http" and err.key == "admin_bind" and err.line == 5
     assert "8081" in str(err)
 
@@ -104,20 +112,28 @@ def test_wrong_type_says_what_it_got(tmp_path, registry):
 def test_bad_bind_and_url(tmp_path, registry):
     err = load_error(tmp_path, ISSUE_EXAMPLE.replace('"127.0.0.1:8080"', '"localhost"'), registry)
     assert err.key == "public_bind" and "HOST:PORT" in str(err)
-    err = load_error(tmp_path, ISSUE_EXAMPLE.replace('"https://gw.example.com"', '"gw.example.com"'), registry)
+    err = load_error(
+        tmp_path, ISSUE_EXAMPLE.replace('"https://gw.example.com"', '"gw.example.com"'), registry
+    )
     assert err.key == "public_url"
 
 
 def test_undefined_agent_and_provider(tmp_path, registry):
-    err = load_error(tmp_path, ISSUE_EXAMPLE.replace('agent = "default"', 'agent = "sales"'), registry)
+    err = load_error(
+        tmp_path, ISSUE_EXAMPLE.replace('agent = "default"', 'agent = "sales"'), registry
+    )
     assert err.table == "channels.support_bot" and err.key == "agent"
     assert "[agents.sales]" in str(err)
-    err = load_error(tmp_path, ISSUE_EXAMPLE.replace('provider = "main"', 'provider = "gpt"'), registry)
+    err = load_error(
+        tmp_path, ISSUE_EXAMPLE.replace('provider = "main"', 'provider = "gpt"'), registry
+    )
     assert err.table == "agents.default" and err.key == "provider" and "main" in str(err)
 
 
 def test_toml_syntax_error_has_line(tmp_path, registry):
-    err = load_error(tmp_path, ISSUE_EXAMPLE.replace('mode = "polling"', "mode = polling"), registry)
+    err = load_error(
+        tmp_path, ISSUE_EXAMPLE.replace('mode = "polling"', "mode = polling"), registry
+    )
     assert err.line == 10 and "not valid TOML" in str(err)
 
 

@@ -9,8 +9,18 @@ import gateway.plugin
 
 def test_plugin_module_exports():
     assert set(gateway.plugin.__all__) == {
-        "Accepted", "Channel", "ChannelConfig", "ChannelContext", "HistoryItem", "LLMProvider",
-        "PluginConfig", "PluginInfo", "ProviderConfig", "ProviderContext", "Registry", "load_registry",
+        "Accepted",
+        "Channel",
+        "ChannelConfig",
+        "ChannelContext",
+        "HistoryItem",
+        "LLMProvider",
+        "PluginConfig",
+        "PluginInfo",
+        "ProviderConfig",
+        "ProviderContext",
+        "Registry",
+        "load_registry",
     }
     for name in gateway.plugin.__all__:
         assert getattr(gateway.plugin, name).__doc__, f"{name} needs a docstring"
@@ -19,11 +29,26 @@ def test_plugin_module_exports():
 def test_message_types_are_frozen():
     import dataclasses
 
-    for name in ("Inbound", "Outbound", "SendResult", "ChatMessage", "CompletionRequest", "Completion", "Attachment"):
+    for name in (
+        "Inbound",
+        "Outbound",
+        "SendResult",
+        "ChatMessage",
+        "CompletionRequest",
+        "Completion",
+        "Attachment",
+    ):
         cls = getattr(gateway.messages, name)
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, name
 
 
 def test_errors_tree():
-    for name in ("ConfigError", "MasterKeyError", "StoreError", "PluginError", "SendError", "ProviderError"):
+    for name in (
+        "ConfigError",
+        "MasterKeyError",
+        "StoreError",
+        "PluginError",
+        "SendError",
+        "ProviderError",
+    ):
         assert issubclass(getattr(gateway.errors, name), gateway.errors.GatewayError)

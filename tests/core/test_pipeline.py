@@ -57,11 +57,17 @@ async def test_replies_in_order_and_stores_conversation(tmp_path, registry):
             await channel.deliver("chat1", "alice", text)
         await channel.wait_sent(3)
         texts = channel.texts("chat1")
-        assert [t.endswith(w) for t, w in zip(texts, ("first", "second", "third"), strict=True)] == [True] * 3
+        assert [
+            t.endswith(w) for t, w in zip(texts, ("first", "second", "third"), strict=True)
+        ] == [True] * 3
         # The model saw the conversation so far: the third request carries all earlier turns.
         provider: FakeProvider = gw.provider()
         third = provider.requests[2]
-        assert [m.content for m in third.messages if m.role == "user"] == ["first", "second", "third"]
+        assert [m.content for m in third.messages if m.role == "user"] == [
+            "first",
+            "second",
+            "third",
+        ]
         assert third.system == "Be brief."
         counts = await gw.running.store.read(
             "counts", lambda db: {t: db[t].count for t in ("contacts", "conversations", "messages")}
@@ -105,7 +111,9 @@ async def test_many_chats_proceed_concurrently(tmp_path, registry):
                 for n in range(3):
                     nursery.start_soon(
                         functools.partial(channel.deliver, external_id=f"{chat}-{n}"),
-                        f"chat{chat}", f"user{chat}", f"m{n}",
+                        f"chat{chat}",
+                        f"user{chat}",
+                        f"m{n}",
                     )
         await channel.wait_sent(120)
         for chat in range(40):

@@ -33,7 +33,9 @@ def intake(external_id: str, text: str = "hello", thread: str = "chat1") -> Inta
         f"k-{thread}-{external_id}",
         "tg",
         "default",
-        Inbound(account="bot", external_id=external_id, thread_key=thread, sender_id="u1", text=text),
+        Inbound(
+            account="bot", external_id=external_id, thread_key=thread, sender_id="u1", text=text
+        ),
     )
 
 
@@ -58,10 +60,17 @@ async def test_accept_dedupes_and_creates_contact_conversation(tmp_path):
         assert first[0].conversation_id == first[1].conversation_id
 
         def counts(db):
-            return {t: db[t].count for t in ("contacts", "identities", "conversations", "messages", "journal")}
+            return {
+                t: db[t].count
+                for t in ("contacts", "identities", "conversations", "messages", "journal")
+            }
 
         assert await store.read("counts", counts) == {
-            "contacts": 1, "identities": 1, "conversations": 1, "messages": 2, "journal": 2,
+            "contacts": 1,
+            "identities": 1,
+            "conversations": 1,
+            "messages": 2,
+            "journal": 2,
         }
 
 
@@ -69,7 +78,9 @@ async def test_group_commit_batches_concurrent_writers(tmp_path):
     async with open_store(tmp_path / "g.db", KEY) as store:
         async with trio.open_nursery() as nursery:
             for i in range(300):
-                nursery.start_soon(store.write, "accept", accept_txn, [intake(str(i), thread=f"c{i % 30}")])
+                nursery.start_soon(
+                    store.write, "accept", accept_txn, [intake(str(i), thread=f"c{i % 30}")]
+                )
         assert store.stats["writes"] >= 300
         assert store.stats["commits"] < 300  # several writes shared a commit
         assert await store.read("n", lambda db: db["journal"].count) == 300
@@ -122,5 +133,7 @@ async def test_outbox_states_and_crash_recovery(tmp_path):
         await store.write("claim", mark_sending_txn, second.id)
         await store.write("sent", record_attempt_txn, second.id, 1, "sent", external_id="tg-9")
         assert await store.read("o", next_outbox_txn, cid) is None
-        states = await store.read("s", lambda db: dict(db.conn.execute("SELECT id, state FROM outbox")))
+        states = await store.read(
+            "s", lambda db: dict(db.conn.execute("SELECT id, state FROM outbox"))
+        )
         assert states == {first.id: "unknown", second.id: "sent"}

@@ -27,7 +27,15 @@ MASTER = "5a" * 32
 CHATS = 8
 PER_ROUND = 16
 # (where to kill, on which occurrence within the round)
-KILL_POINTS = [("llm", 3), ("send", 2), ("poll", 2), ("llm", 9), ("send", 7), ("llm", 1), ("send", 12)]
+KILL_POINTS = [
+    ("llm", 3),
+    ("send", 2),
+    ("poll", 2),
+    ("llm", 9),
+    ("send", 7),
+    ("llm", 1),
+    ("send", 12),
+]
 
 
 def write_config(path: Path, data_dir: Path, tg_base: str, llm_base: str) -> None:
@@ -112,9 +120,7 @@ async def test_kill_9_loses_nothing_and_never_sends_twice(tmp_path):
                     data_dir, "SELECT thread_key, text FROM outbox WHERE state = 'unknown'"
                 )
             }
-            delivered_unknown = sum(
-                1 for m in tg.sent if (m.chat_id, m.text) in unknown
-            )
+            delivered_unknown = sum(1 for m in tg.sent if (m.chat_id, m.text) in unknown)
             expected_sends = len(pushed) - len(unknown) + delivered_unknown
             with trio.fail_after(60):
                 await tg.wait_sent(expected_sends)
@@ -131,7 +137,9 @@ async def test_kill_9_loses_nothing_and_never_sends_twice(tmp_path):
     # Every acknowledged message is stored exactly once and its journal entry is done.
     inbound = read_db(data_dir, "SELECT text FROM messages WHERE direction = 'in'")
     assert sorted(t for (t,) in inbound) == sorted(t for _, t in pushed)
-    assert read_db(data_dir, "SELECT state, count(*) FROM journal GROUP BY state") == [("done", len(pushed))]
+    assert read_db(data_dir, "SELECT state, count(*) FROM journal GROUP BY state") == [
+        ("done", len(pushed))
+    ]
     states = dict(read_db(data_dir, "SELECT state, count(*) FROM outbox GROUP BY state"))
     assert states.get("sent", 0) + states.get("unknown", 0) == len(pushed), states
     # Only sends in flight at a kill may be 'unknown': at most one per conversation lane per kill.

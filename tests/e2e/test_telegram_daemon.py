@@ -60,19 +60,27 @@ async def count(gw, table: str) -> int:
 
 async def test_polling_user_gets_model_answer_once(tmp_path):
     async with open_fake_telegram(TOKEN) as tg, open_fake_openai() as llm:
-        async with open_gateway(config(tg.api_base, llm.base_url), load_registry(), tmp_path, environ=ENV) as gw:
+        async with open_gateway(
+            config(tg.api_base, llm.base_url), load_registry(), tmp_path, environ=ENV
+        ) as gw:
             update = tg.push_message(555, "Hello, do you ship to Norway?", first_name="Ola")
             (reply,) = await tg.wait_sent(1)
             assert reply.chat_id == 555 and reply.text == "echo: Hello, do you ship to Norway?"
             body = llm.requests[0]
             assert body["model"] == "gpt-4o-mini"
-            assert body["messages"][0] == {"role": "system", "content": "You are the support assistant of Example Ltd."}
+            assert body["messages"][0] == {
+                "role": "system",
+                "content": "You are the support assistant of Example Ltd.",
+            }
             # The same message again (e.g. a lost offset): acknowledged, stored once, answered once.
             tg.redeliver(update)
             tg.push_message(555, "And to Sweden?")
             await tg.wait_sent(2)
             await gw.wait_idle()
-            assert [m.text for m in tg.sent_to(555)] == ["echo: Hello, do you ship to Norway?", "echo: And to Sweden?"]
+            assert [m.text for m in tg.sent_to(555)] == [
+                "echo: Hello, do you ship to Norway?",
+                "echo: And to Sweden?",
+            ]
             assert await count(gw, "journal") == 2
             contact = await gw.running.store.read(
                 "c", lambda db: db.conn.execute("SELECT display_name FROM contacts").fetchall()
@@ -87,11 +95,16 @@ async def test_webhook_checks_secret_and_dedupes(tmp_path):
         async with open_gateway(text, load_registry(), tmp_path, environ=ENV) as gw:
             assert tg.webhook_url == f"http://127.0.0.1:{port}/webhooks/support_bot"
             assert tg.webhook_secret == ENV["WEBHOOK_SECRET"]
-            update = {"update_id": 9001, "message": {
-                "message_id": 1, "date": 1700000000, "text": "hi there",
-                "chat": {"id": 77, "type": "private", "first_name": "Kari"},
-                "from": {"id": 77, "is_bot": False, "first_name": "Kari"},
-            }}
+            update = {
+                "update_id": 9001,
+                "message": {
+                    "message_id": 1,
+                    "date": 1700000000,
+                    "text": "hi there",
+                    "chat": {"id": 77, "type": "private", "first_name": "Kari"},
+                    "from": {"id": 77, "is_bot": False, "first_name": "Kari"},
+                },
+            }
             assert await tg.post_webhook(tg.webhook_url, update, "wrong-secret") == 403
             assert await tg.post_webhook(tg.webhook_url, update, None) == 401
             assert await count(gw, "journal") == 0  # fail-closed: nothing stored
@@ -106,7 +119,9 @@ async def test_webhook_checks_secret_and_dedupes(tmp_path):
 
 async def test_model_failing_gives_fallback_and_flood_control_is_honoured(tmp_path):
     async with open_fake_telegram(TOKEN) as tg, open_fake_openai() as llm:
-        async with open_gateway(config(tg.api_base, llm.base_url), load_registry(), tmp_path, environ=ENV) as gw:
+        async with open_gateway(
+            config(tg.api_base, llm.base_url), load_registry(), tmp_path, environ=ENV
+        ) as gw:
             llm.fail_next(1, status=429, retry_after=0.01)
             llm.fail_next(1, status=503)
             tg.fail_next("sendMessage", status=429, retry_after=1)
@@ -116,7 +131,10 @@ async def test_model_failing_gives_fallback_and_flood_control_is_honoured(tmp_pa
             assert len(llm.requests) == 2
             await gw.wait_idle()
             outcomes = await gw.running.store.read(
-                "d", lambda db: [r[0] for r in db.conn.execute("SELECT outcome FROM deliveries ORDER BY id")]
+                "d",
+                lambda db: [
+                    r[0] for r in db.conn.execute("SELECT outcome FROM deliveries ORDER BY id")
+                ],
             )
             assert outcomes == ["retry", "sent"]
             assert len(tg.sent) == 1
@@ -125,7 +143,8 @@ async def test_model_failing_gives_fallback_and_flood_control_is_honoured(tmp_pa
 async def test_many_chats_keep_order(tmp_path):
     async with open_fake_telegram(TOKEN) as tg, open_fake_openai() as llm:
         text = config(tg.api_base, llm.base_url).replace(
-            "poll_timeout = 5", "poll_timeout = 5\nsend_rate_per_chat = 1000\nsend_burst_per_chat = 100\nsend_rate = 10000"
+            "poll_timeout = 5",
+            "poll_timeout = 5\nsend_rate_per_chat = 1000\nsend_burst_per_chat = 100\nsend_rate = 10000",
         )
         async with open_gateway(text, load_registry(), tmp_path, environ=ENV):
             llm.latency = 0.01
@@ -135,4 +154,6 @@ async def test_many_chats_keep_order(tmp_path):
             with trio.fail_after(30):
                 await tg.wait_sent(100)
             for chat in range(20):
-                assert [m.text for m in tg.sent_to(100 + chat)] == [f"echo: c{chat} m{n}" for n in range(5)]
+                assert [m.text for m in tg.sent_to(100 + chat)] == [
+                    f"echo: c{chat} m{n}" for n in range(5)
+                ]
