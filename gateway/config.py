@@ -87,6 +87,11 @@ class AgentConfig(_Section):
         description="Sent when the model fails after every attempt: never silence.",
     )
     max_reply_chars: int = Field(4000, ge=1, description="Longer model replies are cut here.")
+    non_text_reply: str = Field(
+        "Sorry, I can only read text messages for now. Could you describe it in words?",
+        min_length=1,
+        description="Sent for a message with no text (a photo or voice note without caption).",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

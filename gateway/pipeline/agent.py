@@ -46,8 +46,11 @@ class Agent:
         Never raises for a model failure: the user always gets an answer. Logs carry the
         provider, attempt and outcome, never the conversation.
         """
-        request = self.request_for(work)
         cfg = self.config
+        if not work.history or not work.history[-1].text.strip():
+            # Nothing a text model can read (a sticker, a photo without caption).
+            return cfg.non_text_reply, "notice"
+        request = self.request_for(work)
         for attempt in range(1, cfg.max_attempts + 1):
             started = time.perf_counter()
             delay: float | None = None

@@ -44,7 +44,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -160,7 +160,9 @@ class FakeTelegramServer:
         """Base URL to give a client in place of ``https://api.telegram.org``."""
         return f"http://127.0.0.1:{self.port}"
 
-    async def serve(self, *, task_status: trio.TaskStatus[FakeTelegramServer] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[FakeTelegramServer] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Listen on 127.0.0.1 until cancelled; ``task_status.started(self)`` once bound."""
         listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
@@ -199,7 +201,10 @@ class FakeTelegramServer:
         if user_id == chat_id:
             chat.update(first_name=first_name, type="private")
         else:
-            chat.update(title=f"Group {chat_id}", type="supergroup" if str(chat_id).startswith("-100") else "group")
+            chat.update(
+                title=f"Group {chat_id}",
+                type="supergroup" if str(chat_id).startswith("-100") else "group",
+            )
         for key, value in (("last_name", last_name), ("username", username)):
             if value is not None:
                 sender[key] = value
@@ -222,7 +227,7 @@ class FakeTelegramServer:
     def push_update(self, update: Mapping[str, Any]) -> dict[str, Any]:
         """Queue any Update (an edited message, a callback query...); numbers it if it has no
         ``update_id``. Returns the queued copy."""
-        queued = json.loads(json.dumps(update))  # a deep copy that is surely JSON
+        queued: dict[str, Any] = json.loads(json.dumps(update))  # a deep copy, surely JSON
         if "update_id" not in queued:
             queued["update_id"] = next(self._update_ids)
         self.updates.append(queued)
@@ -293,7 +298,9 @@ class FakeTelegramServer:
             raise RuntimeError("no webhook is set (setWebhook was not called)")
         status = await self.post_webhook(self.webhook_url, update, self.webhook_secret)
         if 200 <= status < 300:
-            self.updates = [u for u in self.updates if u.get("update_id") != update.get("update_id")]
+            self.updates = [
+                u for u in self.updates if u.get("update_id") != update.get("update_id")
+            ]
         return status
 
     # -- internals -------------------------------------------------------------------------
@@ -314,12 +321,17 @@ class FakeTelegramServer:
                     return
                 target = request.target.decode("ascii", "replace")
                 try:
-                    status, payload = await self._route(request.method.decode(), target, request.headers, body)
+                    status, payload = await self._route(
+                        request.method.decode(), target, request.headers, body
+                    )
                 except _Disconnect:
                     return
                 except Exception as exc:  # a bug in the fake must show as a 500, not a hang
                     log.exception("fake telegram: error handling %s", target)
-                    status, payload = 500, {"ok": False, "error_code": 500, "description": repr(exc)}
+                    status, payload = (
+                        500,
+                        {"ok": False, "error_code": 500, "description": repr(exc)},
+                    )
                 await _send_json(conn, stream, status, payload)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return
@@ -331,7 +343,7 @@ class FakeTelegramServer:
                 await stream.aclose()
 
     async def _route(
-        self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
+        self, method: str, target: str, headers: Iterable[tuple[bytes, bytes]], body: bytes
     ) -> tuple[int, dict[str, Any]]:
         url = urlsplit(target)
         params: dict[str, Any] = dict(parse_qsl(url.query))
@@ -395,7 +407,9 @@ class FakeTelegramServer:
         timeout = _int_param(params, "timeout", 0)
         limit = min(max(_int_param(params, "limit", 100), 1), 100)
         if self.on_get_updates is not None:
-            await _maybe_await(self.on_get_updates({"offset": offset, "timeout": timeout, "limit": limit}))
+            await _maybe_await(
+                self.on_get_updates({"offset": offset, "timeout": timeout, "limit": limit})
+            )
         if self.webhook_url is not None:
             raise _ApiError(
                 409,
@@ -412,7 +426,11 @@ class FakeTelegramServer:
         deadline = trio.current_time() + timeout
         while True:
             if generation != self._poll_generation:
-                raise _ApiError(409, _DEFAULT_DESCRIPTIONS[409] + "; make sure that only one bot instance is running")
+                raise _ApiError(
+                    409,
+                    _DEFAULT_DESCRIPTIONS[409]
+                    + "; make sure that only one bot instance is running",
+                )
             if self.webhook_url is not None:
                 raise _ApiError(409, "Conflict: webhook was set while getUpdates was waiting")
             if self.updates or trio.current_time() >= deadline:
@@ -466,7 +484,9 @@ class FakeTelegramServer:
             self._notify()
             return True
         if not url.startswith(("http://", "https://")):
-            raise _ApiError(400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
+            raise _ApiError(
+                400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook"
+            )
         self.webhook_url = url
         self.webhook_secret = None if secret is None else str(secret)
         self._notify()
@@ -491,11 +511,20 @@ class FakeTelegramServer:
 
     # -- control endpoints for another process ----------------------------------------------
 
-    def _control(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _control(
+        self, method: str, path: str, params: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         if path == "/_fake/push" and method == "POST":
             fields = {
                 k: params[k]
-                for k in ("user_id", "first_name", "last_name", "username", "language_code", "update_id")
+                for k in (
+                    "user_id",
+                    "first_name",
+                    "last_name",
+                    "username",
+                    "language_code",
+                    "update_id",
+                )
                 if k in params
             }
             for key in ("user_id", "update_id"):
@@ -533,7 +562,9 @@ async def open_fake_telegram(
             nursery.cancel_scope.cancel()
 
 
-def _error(status: int, description: str, parameters: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+def _error(
+    status: int, description: str, parameters: dict[str, Any] | None = None
+) -> tuple[int, dict[str, Any]]:
     payload: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
     if parameters:
         payload["parameters"] = parameters
@@ -547,7 +578,7 @@ def _int_param(params: Mapping[str, Any], key: str, default: int) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise _ApiError(400, f"Bad Request: field \"{key}\" must be an integer") from None
+        raise _ApiError(400, f'Bad Request: field "{key}" must be an integer') from None
 
 
 def _bool_param(params: Mapping[str, Any], key: str) -> bool:
@@ -583,7 +614,9 @@ async def _read_request(
             return None, b""
 
 
-async def _send_json(conn: h11.Connection, stream: trio.SocketStream, status: int, payload: Any) -> None:
+async def _send_json(
+    conn: h11.Connection, stream: trio.SocketStream, status: int, payload: Any
+) -> None:
     body = json.dumps(payload).encode()
     headers = [
         ("content-type", "application/json"),

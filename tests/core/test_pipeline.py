@@ -239,3 +239,12 @@ async def test_crash_then_restart_resumes_without_duplicates(tmp_path, registry)
             "s", lambda db: dict(db.conn.execute("SELECT thread_key, state FROM outbox"))
         )
         assert states == {"chat1": "sent", "chat2": "sent", "chat3": "unknown"}
+
+
+async def test_message_without_text_gets_a_notice_not_a_model_call(tmp_path, registry):
+    async with open_gateway(config(), registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        await channel.deliver("chat1", "alice", "")
+        (reply,) = await channel.wait_sent(1)
+        assert reply.text.startswith("Sorry, I can only read text messages")
+        assert gw.provider().requests == []
