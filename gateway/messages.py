@@ -71,6 +71,8 @@ class Outbound:
     text: str
     reply_to_external_id: str | None = None
     attachments: tuple[Attachment, ...] = ()
+    message_id: int | None = None
+    """The stored message this sends (``HistoryItem.message_id`` of the same message)."""
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,7 @@ class Pipeline:
             thread_key=item.thread_key,
             text=item.text,
             reply_to_external_id=item.reply_to_external_id,
+            message_id=item.message_id,
         )
         rate_limited = 0
         while True:

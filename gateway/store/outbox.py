@@ -20,6 +20,7 @@ class OutboxItem:
     text: str
     reply_to_external_id: str | None
     attempts: int
+    message_id: int | None
 
 
 def recover_outbox_txn(db: sqlite_utils.Database) -> list[int]:
@@ -57,7 +58,7 @@ def open_conversations_txn(db: sqlite_utils.Database) -> list[int]:
 def next_outbox_txn(db: sqlite_utils.Database, conversation_id: int) -> OutboxItem | None:
     row = db.conn.execute(
         "SELECT id, idempotency_key, conversation_id, channel, account, thread_key, text, "
-        "reply_to_external_id, attempts FROM outbox "
+        "reply_to_external_id, attempts, message_id FROM outbox "
         "WHERE conversation_id = ? AND state = 'pending' ORDER BY id LIMIT 1",
         (conversation_id,),
     ).fetchone()

@@ -39,6 +39,7 @@ class MemoryChannelContext:
         self.state: dict[str, str] = {}
         self.fail_accepts = 0
         self._keys: dict[tuple[str, str], Accepted] = {}
+        self._accepted_at: list[str] = []
         self._threads: dict[str, int] = {}
         self._changed = trio.Condition()
 
@@ -59,6 +60,7 @@ class MemoryChannelContext:
                 continue
             conversation = self._threads.setdefault(inbound.thread_key, len(self._threads) + 1)
             self.inbound.append(inbound)
+            self._accepted_at.append(dt.datetime.now(dt.UTC).isoformat())
             accepted = Accepted(len(self.inbound), conversation, duplicate=False)
             self._keys[key] = accepted
             result.append(accepted)
