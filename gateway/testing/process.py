@@ -51,6 +51,9 @@ class DaemonProcess:
     async def wait(self) -> int:
         return await self.process.wait()
 
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
+
     def peak_rss_kib(self) -> int | None:
         """VmHWM: the process's peak resident set size so far (Linux)."""
         try:
@@ -75,15 +78,20 @@ class DaemonProcess:
 
 @contextlib.asynccontextmanager
 async def open_daemon_process(
-    config_path: Path, env: Mapping[str, str], log_path: Path
+    config_path: Path | None,
+    env: Mapping[str, str],
+    log_path: Path,
+    *,
+    cwd: Path | None = None,
 ) -> AsyncIterator[DaemonProcess]:
-    """Start ``gateway run --config config_path`` and wait until it is ready (or has died)."""
+    """Start ``gateway run --config config_path`` (no ``--config`` when None: the embedded
+    default) and wait until it is ready; raise with its output if it dies first."""
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "-m", "gateway", "run"]
+    if config_path is not None:
+        args += ["--config", str(config_path)]
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "gateway", "run", "--config", str(config_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=full_env,
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=cwd
     )
     daemon = DaemonProcess(process, log_path)
     async with trio.open_nursery() as nursery:
