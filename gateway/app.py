@@ -45,6 +45,8 @@ class Running:
     master_key: MasterKey
     pipeline: Pipeline
     store: Store
+    restarts: dict[str, int]
+    """Plugin restarts by supervisor label ("channel NAME"), as /status shows them."""
 
 
 class CoreChannelContext:
@@ -82,7 +84,10 @@ class CoreChannelContext:
 
     async def history(self, thread_key: str, *, limit: int = 50) -> list[HistoryItem]:
         rows = await self._store.read("thread history", history_txn, self.name, thread_key, limit)
-        return [HistoryItem(*row) for row in rows]
+        return [
+            HistoryItem(message_id, "in" if direction == "in" else "out", text, created, external)
+            for message_id, direction, text, created, external in rows
+        ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +248,9 @@ async def _run(
             for name, entry in config.channels.items()
             if entry.config.enabled and entry.plugin.name == "webchat"
         }
-        task_status.started(Running(public_urls, admin_urls, chat_urls, master, pipeline, store))
+        task_status.started(
+            Running(public_urls, admin_urls, chat_urls, master, pipeline, store, restarts)
+        )
         log.info("gateway started: public %s, admin %s", public_urls, admin_urls)
         await stop.wait()
         log.info("shutting down: draining for up to %.0fs", grace)

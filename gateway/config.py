@@ -124,7 +124,7 @@ class GatewayConfig:
         return self.gateway.data_dir
 
 
-TOP_LEVEL = {"gateway": GatewaySection, "http": HttpSection}
+TOP_LEVEL: dict[str, type[BaseModel]] = {"gateway": GatewaySection, "http": HttpSection}
 TABLES = ("channels", "agents", "providers")
 
 

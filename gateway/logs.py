@@ -6,6 +6,7 @@ import logging
 import sys
 
 from gateway.config import GatewayConfig
+from gateway.plugin import PluginConfig
 from gateway.secretref import Secret
 
 
@@ -35,8 +36,10 @@ class RedactSecrets(logging.Filter):
 
 def collect_secrets(config: GatewayConfig) -> dict[str, str]:
     found: dict[str, str] = {}
-    for entry in [*config.channels.values(), *config.providers.values()]:
-        for value in entry.config.__dict__.values():
+    models: list[PluginConfig] = [c.config for c in config.channels.values()]
+    models += [p.config for p in config.providers.values()]
+    for model in models:
+        for value in model.__dict__.values():
             if isinstance(value, Secret):
                 found[value.reveal()] = value.reference
     return found

@@ -100,6 +100,10 @@ class FakeOpenAIServer:
       raise or cancel things (crash tests kill the daemon from here). An exception it raises is
       logged and answered with a 500.
     - ``api_key``: when set, requests without ``Authorization: Bearer <api_key>`` get a 401.
+    - ``connections``: how many TCP connections were accepted.
+
+    Scripted failures and hangs apply to chat requests in arrival order: a hang first, then
+    ``latency``, then a failure. Every chat request is recorded before any of them.
     """
 
     def __init__(
@@ -120,7 +124,6 @@ class FakeOpenAIServer:
         self.received: list[RecordedRequest] = []
         self.on_request: OnRequest | None = None
         self.connections = 0
-        """How many TCP connections were accepted (a keep-alive client reuses a few)."""
         self._reply: ReplyFunction = default_reply
         self._script = _Script()
         self._changed = trio.Condition()
@@ -404,9 +407,9 @@ async def _send_json(
         *(extra_headers or []),
     ]
     data = conn.send(h11.Response(status_code=status, headers=headers))
-    data += conn.send(h11.Data(data=payload))  # type: ignore[operator]
-    data += conn.send(h11.EndOfMessage())  # type: ignore[operator]
-    await stream.send_all(data)  # type: ignore[arg-type]
+    data += conn.send(h11.Data(data=payload))
+    data += conn.send(h11.EndOfMessage())
+    await stream.send_all(data)
 
 
 async def _send_stream(
@@ -434,7 +437,7 @@ async def _send_stream(
     out = conn.send(
         h11.Response(status_code=200, headers=[(b"content-type", b"text/event-stream")])
     )
-    await stream.send_all(out)  # type: ignore[arg-type]
+    await stream.send_all(out)
     pieces = [chunk({"role": "assistant", "content": ""}, None)]
     words = reply.split(" ")
     pieces += [chunk({"content": w if i == 0 else " " + w}, None) for i, w in enumerate(words)]
@@ -451,8 +454,8 @@ async def _send_stream(
         pieces.append(b"data: " + json.dumps(tail).encode() + b"\n\n")
     pieces.append(b"data: [DONE]\n\n")
     for piece in pieces:
-        await stream.send_all(conn.send(h11.Data(data=piece)))  # type: ignore[arg-type]
-    await stream.send_all(conn.send(h11.EndOfMessage()))  # type: ignore[arg-type]
+        await stream.send_all(conn.send(h11.Data(data=piece)))
+    await stream.send_all(conn.send(h11.EndOfMessage()))
 
 
 @asynccontextmanager

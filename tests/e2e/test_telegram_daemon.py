@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 
+import httpx
 import trio
 
 from gateway.plugin import load_registry
@@ -86,6 +87,11 @@ async def test_polling_user_gets_model_answer_once(tmp_path):
                 "c", lambda db: db.conn.execute("SELECT display_name FROM contacts").fetchall()
             )
             assert contact == [("Ola",)]
+            async with httpx.AsyncClient() as http:
+                status = (await http.get(f"{gw.running.admin_urls[0]}/status")).json()
+            assert status["journal"] == {"done": 2} and status["outbox"] == {"sent": 2}
+            assert status["counters"]["duplicates"] == 1
+            assert status["channels"] == {"support_bot": {"plugin": "telegram", "enabled": True}}
 
 
 async def test_webhook_checks_secret_and_dedupes(tmp_path):
