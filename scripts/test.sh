@@ -10,4 +10,10 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/pip install --quiet -e '.[test]'
 touch .venv/.installed
 bash scripts/install-test-deps.sh
+if [ $# -eq 0 ]; then
+    # The whole run, as CI does it: lint, types, then every test.
+    .venv/bin/ruff check .
+    .venv/bin/ruff format --check .
+    .venv/bin/mypy gateway plugins
+fi
 exec .venv/bin/pytest "$@"

@@ -163,7 +163,9 @@ async def test_chat_in_a_real_browser(
                 )
                 await trio.to_thread.run_sync(_reload_and_capture, driver, "Anything else?", None)
                 await channel.send(
-                    Outbound(2, "reply-2", "web", inbound.thread_key, "Anything else?", message_id=3)
+                    Outbound(
+                        2, "reply-2", "web", inbound.thread_key, "Anything else?", message_id=3
+                    )
                 )
                 await channel.send(
                     Outbound(3, "reply-3", "web", inbound.thread_key, "Bye!", message_id=4)
