@@ -431,3 +431,15 @@ async def test_retries_back_off_and_honour_retry_after(
     assert await channel._retrying("reach Telegram", flaky) == "ok"
     assert [round(b - a, 3) for a, b in itertools.pairwise(calls)] == [5, 0.25, 0.5, 1.0]
     await channel.aclose()
+
+
+async def test_bot_api_without_getme_or_deletewebhook_still_polls() -> None:
+    """A local Bot API server or a test double lacking the start-up checks (404) is fine."""
+    async with open_fake_telegram(TOKEN) as server:
+        server.fail_next("getMe", status=404, description="Not Found")
+        server.fail_next("deleteWebhook", status=404, description="Not Found")
+        context = MemoryChannelContext("tg")
+        async with running(TelegramChannel("tg", config(server), context)):
+            server.push_message(1008, "no checks needed")
+            await wait_inbound(context, 1)
+        assert server.requests[:2] == ["getme", "deletewebhook"]
