@@ -66,5 +66,10 @@ async def test_embedded_default_chat_answers_offline_and_survives_restart(tmp_pa
         ]
         daemon.terminate()
         assert await daemon.wait() == 0
-    raw = (tmp_path / "gateway-data" / "gateway.db").read_bytes()
+    data = tmp_path / "gateway-data"
+    raw = b"".join(p.read_bytes() for p in data.iterdir() if p.name.startswith("gateway.db"))
     assert b"Where is my data" not in raw and b"xyzzy" not in raw
+    # The master key is in its file only: not in the output, the log, or the database.
+    key_hex = (data / "master.key").read_text().strip()
+    assert key_hex not in log.read_text()
+    assert bytes.fromhex(key_hex) not in raw and key_hex.encode() not in raw
