@@ -224,24 +224,20 @@ async def _run(
         await root.start(pipeline.run)
         for name, plugin in plugins.items():
             await root.start(supervise, f"channel {name}", plugin.run, restarts)
-        public_app = make_public_app(plugins)
-        admin_app = make_admin_app(config, pipeline, store, restarts)
-        public_urls = await root.start(
-            functools.partial(
-                hypercorn.trio.serve,
-                public_app,
-                _hypercorn_config(config.http.public_bind, grace),
-                shutdown_trigger=stop_http.wait,
+        public_urls, admin_urls = [
+            await root.start(
+                functools.partial(
+                    hypercorn.trio.serve,
+                    app,
+                    _hypercorn_config(bind, grace),
+                    shutdown_trigger=stop_http.wait,
+                )
             )
-        )
-        admin_urls = await root.start(
-            functools.partial(
-                hypercorn.trio.serve,
-                admin_app,
-                _hypercorn_config(config.http.admin_bind, grace),
-                shutdown_trigger=stop_http.wait,
+            for app, bind in (
+                (make_public_app(plugins), config.http.public_bind),
+                (make_admin_app(config, pipeline, store, restarts), config.http.admin_bind),
             )
-        )
+        ]
         base = public_urls[0] if public_urls else ""
         chat_urls = {
             name: f"{base}/chat/{name}/"
