@@ -1,0 +1,18 @@
+"""PUBLIC: test helpers for the gateway and its plugins. Fakes, not mocks: each behaves like the
+real thing on 127.0.0.1 or in-process.
+
+- :mod:`gateway.testing.fake_telegram`: ``FakeTelegramServer`` / ``open_fake_telegram``, the Bot
+  API subset the Telegram plugin uses (getUpdates offsets, webhooks, flood control, faults).
+- :mod:`gateway.testing.fake_openai`: ``FakeOpenAIServer`` / ``open_fake_openai``, the chat
+  completions API (latency, failures, hangs, hooks).
+- :mod:`gateway.testing.fake_channel`: ``FakeChannel``, an in-process channel plugin.
+- :mod:`gateway.testing.fake_llm`: ``FakeProvider`` / ``FakeModel``, an in-process LLM provider.
+- :mod:`gateway.testing.context`: ``MemoryChannelContext`` / ``MemoryProviderContext``, to test
+  one plugin without the daemon.
+- :mod:`gateway.testing.conformance`: ``check_channel(harness)``, the suite every channel plugin
+  must pass; :mod:`gateway.testing.conformance_llm`: ``check_provider(harness)`` for providers.
+- :mod:`gateway.testing.daemon`: ``open_gateway(config_text, registry, directory)``, the whole
+  daemon in-process; :mod:`gateway.testing.process`: ``open_daemon_process``, as a real process.
+
+Each fake server also runs standalone: ``python -m gateway.testing.fake_telegram --port 0``.
+"""
