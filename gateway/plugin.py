@@ -113,9 +113,29 @@ class ChannelConfig(PluginConfig):
 
 
 class ProviderConfig(PluginConfig):
-    """Keys every ``[providers.NAME]`` table accepts."""
+    """Keys every ``[providers.NAME]`` table accepts.
+
+    ``region`` and ``personal_data`` feed the residency policy: a provider whose region is not
+    "local" is a transfer out of this server, logged in the transfer log; one that may not see
+    personal data only ever receives redacted text.
+    """
 
     timeout: float = Field(30.0, gt=0, description="Seconds one model call may take.")
+    region: str = Field(
+        "unspecified",
+        description='Where the model runs: "local" (this server or LAN), or a jurisdiction such '
+        'as "RU", "EU", "US". Anything but "local" counts as a transfer.',
+    )
+    personal_data: bool = Field(
+        False,
+        description="May this provider receive personal data unredacted (names, phones, "
+        "emails...)? When false, text is redacted before it leaves.",
+    )
+    legal_basis: str | None = Field(
+        None,
+        description="The legal basis recorded in the transfer log for calls to this provider "
+        '(e.g. "contract", "consent", "legitimate interest").',
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,6 +43,10 @@ class FaqProvider:
     class Config(ProviderConfig):
         """``[providers.NAME]`` with ``plugin = "faq"``."""
 
+        # Runs in this process: nothing leaves the server, so personal data may be read.
+        region: str = Field("local", description='Always "local": the FAQ runs in-process.')
+        personal_data: bool = Field(True, description="In-process: may read personal data.")
+
         knowledge: str | None = Field(
             None,
             description=(
