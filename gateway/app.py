@@ -26,11 +26,12 @@ from gateway.http.admin import make_admin_app
 from gateway.http.public import make_public_app
 from gateway.keys import DATABASE_FILE, MasterKey, load_master_key
 from gateway.messages import Inbound
-from gateway.pipeline.agent import Agent
+from gateway.pipeline.agent import Agent, ProviderSlot, Transfer
 from gateway.pipeline.core import Pipeline
 from gateway.plugin import Accepted, Channel, HistoryItem, LLMProvider
 from gateway.store import Store, open_store
-from gateway.store.journal import get_state_txn, history_txn, set_state_txn
+from gateway.store.journal import PendingWork, get_state_txn, history_txn, set_state_txn
+from gateway.store.transfers import record_transfer_txn
 
 log = logging.getLogger("gateway")
 
@@ -174,13 +175,28 @@ async def serve(
                         name, http, str(config.config_dir), logging.getLogger(f"gateway.llm.{name}")
                     )
                     providers[name] = entry.plugin.cls(name, entry.config, ctx)
+                slots = {
+                    name: ProviderSlot(name, entry.plugin.name, providers[name], entry.config)
+                    for name, entry in config.providers.items()
+                }
+
+                async def record(work: PendingWork, transfer: Transfer, *, agent: str) -> None:
+                    await store.write(
+                        "record transfer",
+                        record_transfer_txn,
+                        work.conversation_id,
+                        work.journal_id,
+                        agent,
+                        transfer,
+                    )
+
                 agents = {
                     name: Agent(
                         name,
                         agent,
-                        agent.provider,
-                        providers[agent.provider],
-                        config.providers[agent.provider].config.timeout,
+                        [slots[p] for p in (agent.provider, *agent.failover)],
+                        local_only=config.local_only,
+                        record=functools.partial(record, agent=name),
                     )
                     for name, agent in config.agents.items()
                 }

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.errors import ConfigError, PluginError
 from gateway.plugin import ChannelConfig, PluginInfo, ProviderConfig, Registry
+from gateway.privacy.residency import LOCAL, ResidencyPolicy
 
 EMBEDDED = "<embedded default>"
 
@@ -73,7 +74,17 @@ class HttpSection(_Section):
 
 
 class AgentConfig(_Section):
-    provider: str = Field(description="The [providers.NAME] table this agent asks.")
+    provider: str = Field(description="The [providers.NAME] table this agent asks first.")
+    failover: list[str] = Field(
+        default_factory=list,
+        description="Providers to ask, in order, when the one before fails or is not allowed.",
+    )
+    cooldown: float = Field(
+        60.0, ge=0, description="Seconds a provider that failed every attempt is skipped."
+    )
+    residency: ResidencyPolicy | None = Field(
+        None, description="Which provider regions may receive which data categories."
+    )
     system_prompt: str = Field("You are a helpful, concise support assistant.")
     history_turns: int = Field(
         20, ge=0, le=500, description="Earlier messages sent with each request."
@@ -118,6 +129,8 @@ class GatewayConfig:
     channels: dict[str, ChannelEntry]
     agents: dict[str, AgentConfig]
     providers: dict[str, ProviderEntry]
+    local_only: bool = False
+    """Top-level ``local_only = true``: no request may leave for a non-local provider."""
 
     @property
     def data_dir(self) -> Path:
@@ -214,6 +227,11 @@ class _Validator:
         )
 
     def validate(self, raw: dict[str, Any]) -> GatewayConfig:
+        local_only = raw.pop("local_only", False)
+        if not isinstance(local_only, bool):
+            raise self.error(
+                f"local_only must be true or false (got {local_only!r})", None, "local_only"
+            )
         for key in raw:
             if key not in TOP_LEVEL and key not in TABLES:
                 known = sorted([*TOP_LEVEL, *TABLES])
@@ -243,13 +261,25 @@ class _Validator:
             for name, table in raw.get("agents", {}).items()
         }
         for name, agent in agents.items():
-            if agent.provider not in providers:
+            wanted = [("provider", agent.provider)] + [("failover", f) for f in agent.failover]
+            for key, provider in wanted:
+                if provider not in providers:
+                    raise self.error(
+                        f"provider {provider!r} is not defined",
+                        f"agents.{name}",
+                        key,
+                        fix=f"add a [providers.{provider}] table or use one of: "
+                        + (", ".join(sorted(providers)) or "(no providers defined)"),
+                    )
+            chain = [agent.provider, *agent.failover]
+            if local_only and not any(providers[p].config.region == LOCAL for p in chain):
                 raise self.error(
-                    f"provider {agent.provider!r} is not defined",
+                    "local_only = true but no provider of this agent is local, so it could only "
+                    "ever send its fallback text",
                     f"agents.{name}",
                     "provider",
-                    fix=f"add a [providers.{agent.provider}] table or use one of: "
-                    + (", ".join(sorted(providers)) or "(no providers defined)"),
+                    fix='add a provider with region = "local" (a local server, or plugin = "faq") '
+                    "to provider or failover",
                 )
         channels = {
             name: ChannelEntry(name, *self.plugin("channel", f"channels.{name}", table))
@@ -278,6 +308,7 @@ class _Validator:
             channels=channels,
             agents=agents,
             providers=providers,
+            local_only=local_only,
         )
 
     def plugin(self, kind: str, table: str, raw: dict[str, Any]) -> tuple[PluginInfo, Any]:

@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.errors import PluginError
 from gateway.messages import Completion, CompletionRequest, Inbound, Outbound, SendResult
+from gateway.privacy.residency import ResidencyPolicy
 
 if TYPE_CHECKING:
     import quart
@@ -109,6 +110,11 @@ class ChannelConfig(PluginConfig):
         1,
         ge=1,
         description="How many messages one chat may receive at once before the rate applies.",
+    )
+    residency: ResidencyPolicy | None = Field(
+        None,
+        description="Which provider regions may receive this channel's data, per category "
+        '(e.g. { contact_details = ["local"] }); applies on top of the agent\'s policy.',
     )
 
 

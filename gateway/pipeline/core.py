@@ -181,7 +181,9 @@ class Pipeline:
                 work = dataclasses.replace(
                     work, history=work.history[-(agent.config.history_turns + 1) :]
                 )
-            text, author = await agent.answer(work)
+            text, author = await agent.answer(
+                work, slot.config.residency if slot is not None else None
+            )
         outbox_id = await self.store.write("commit reply", commit_reply_txn, work, text, author)
         if outbox_id is not None:
             self.counters["replies"] += 1

@@ -106,3 +106,34 @@ def m001_create_core_tables(db: sqlite_utils.Database) -> None:
         );
         """
     )
+
+
+@migrations()
+def m002_create_transfers(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        -- Every model call and every call the residency policy refused: who received which
+        -- categories of data, where, on what basis. Never content.
+        CREATE TABLE transfers (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            conversation_id INTEGER REFERENCES conversations(id) ON DELETE SET NULL,
+            journal_id INTEGER,
+            agent TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            plugin TEXT NOT NULL,
+            region TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            categories TEXT NOT NULL,          -- JSON list
+            redacted INTEGER NOT NULL,
+            legal_basis TEXT,
+            bytes_out INTEGER NOT NULL,
+            bytes_in INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            detail TEXT,
+            duration_ms REAL NOT NULL
+        );
+        CREATE INDEX transfers_at ON transfers (at);
+        CREATE INDEX transfers_conversation ON transfers (conversation_id);
+        """
+    )

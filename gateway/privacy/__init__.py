@@ -1,0 +1,1 @@
+"""Privacy: residency policy, PII redaction (and, later, retention, requests, consent, audit)."""
