@@ -1,0 +1,140 @@
+"""The agent alone: failover chain, cooldown, residency decisions and the transfer log."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from gateway.config import AgentConfig
+from gateway.pipeline.agent import Agent, ProviderSlot, Transfer
+from gateway.privacy.residency import ResidencyPolicy
+from gateway.store.journal import PendingWork, Turn
+from gateway.testing.context import MemoryProviderContext
+from gateway.testing.fake_llm import FakeProvider
+
+
+def work(text: str = "hello", journal_id: int = 1) -> PendingWork:
+    return PendingWork(
+        journal_id=journal_id,
+        conversation_id=7,
+        message_id=journal_id,
+        channel="web",
+        account="web",
+        thread_key="t",
+        agent="default",
+        external_id=None,
+        history=(Turn("in", text),),
+    )
+
+
+@pytest.fixture
+async def context():
+    ctx = MemoryProviderContext()
+    yield ctx
+    await ctx.http.aclose()
+
+
+def slot(name: str, context, **config) -> ProviderSlot:
+    cfg = FakeProvider.Config(plugin="fake", reply_prefix=f"{name}: ", **config)
+    return ProviderSlot(name, "fake", FakeProvider(name, cfg, context), cfg)
+
+
+class Log:
+    def __init__(self) -> None:
+        self.transfers: list[Transfer] = []
+
+    async def __call__(self, work: PendingWork, transfer: Transfer) -> None:
+        await trio.lowlevel.checkpoint()
+        self.transfers.append(transfer)
+
+    def outcomes(self) -> list[tuple[str, str]]:
+        return [(t.provider, t.outcome) for t in self.transfers]
+
+
+def agent(chain, log: Log, **config) -> Agent:
+    defaults = {"provider": chain[0].name, "retry_backoff": 0.5, "fallback_text": "Sorry."}
+    return Agent("default", AgentConfig(**{**defaults, **config}), chain, record=log)
+
+
+async def test_failover_to_next_provider_and_cooldown(context, autojump_clock):
+    primary, backup = slot("primary", context), slot("backup", context)
+    log = Log()
+    a = agent([primary, backup], log, max_attempts=2, cooldown=60)
+    primary.provider.fail_next(2, retryable=True)
+    assert await a.answer(work("one")) == ("backup: one", "ai")
+    assert log.outcomes() == [("primary", "error"), ("primary", "error"), ("backup", "ok")]
+    # The primary is cooling down: the next message goes straight to the backup...
+    assert await a.answer(work("two", 2)) == ("backup: two", "ai")
+    assert len(primary.provider.requests) == 2
+    # ...until the cooldown has passed.
+    await trio.sleep(61)
+    assert await a.answer(work("three", 3)) == ("primary: three", "ai")
+
+
+async def test_non_retryable_error_moves_on_at_once(context):
+    primary, backup = slot("primary", context), slot("backup", context)
+    log = Log()
+    primary.provider.fail_next(1, retryable=False)
+    assert await agent([primary, backup], log).answer(work()) == ("backup: hello", "ai")
+    assert log.outcomes() == [("primary", "error"), ("backup", "ok")]
+
+
+async def test_all_cooling_down_are_tried_anyway(context, autojump_clock):
+    only = slot("only", context)
+    log = Log()
+    a = agent([only], log, max_attempts=1)
+    only.provider.fail_next(1)
+    assert await a.answer(work()) == ("Sorry.", "fallback")
+    assert only.cooling()
+    assert await a.answer(work("again", 2)) == ("only: again", "ai")
+
+
+async def test_residency_policy_refuses_a_region_and_uses_the_next(context):
+    us, eu = slot("us", context, region="US"), slot("eu", context, region="EU")
+    log = Log()
+    a = agent([us, eu], log, residency=ResidencyPolicy(message_text=["local", "EU"]))
+    assert await a.answer(work()) == ("eu: hello", "ai")
+    assert us.provider.requests == []
+    refused = log.transfers[0]
+    assert (refused.provider, refused.outcome, refused.bytes_out) == ("us", "refused", 0)
+    assert "message text" in refused.detail
+    sent = log.transfers[1]
+    assert sent.region == "EU" and sent.categories == ("message_text",) and sent.bytes_out > 0
+
+
+async def test_channel_policy_applies_on_top_of_the_agent(context):
+    eu, local = slot("eu", context, region="EU"), slot("local", context, region="local")
+    a = agent([eu, local], Log())
+    channel = ResidencyPolicy(message_text=["local"])
+    assert await a.answer(work(), channel) == ("local: hello", "ai")
+    assert eu.provider.requests == []
+
+
+async def test_local_only_never_calls_a_remote_provider(context):
+    remote, local = slot("remote", context, region="US"), slot("local", context, region="local")
+    log = Log()
+    a = Agent(
+        "default", AgentConfig(provider="remote"), [remote, local], local_only=True, record=log
+    )
+    assert await a.answer(work()) == ("local: hello", "ai")
+    assert remote.provider.requests == []
+    assert log.outcomes() == [("remote", "refused"), ("local", "ok")]
+
+
+async def test_everything_refused_gives_fallback(context):
+    remote = slot("remote", context, region="US")
+    a = Agent(
+        "default", AgentConfig(provider="remote", fallback_text="Sorry."), [remote], local_only=True
+    )
+    assert await a.answer(work()) == ("Sorry.", "fallback")
+    assert remote.provider.requests == []
+
+
+async def test_transfer_records_legal_basis_and_sizes(context):
+    p = slot("p", context, region="EU", legal_basis="contract")
+    log = Log()
+    await agent([p], log, system_prompt="Be brief.").answer(work("hello there"))
+    (t,) = log.transfers
+    assert t.legal_basis == "contract" and t.purpose == "reply" and not t.redacted
+    assert t.bytes_out == len("Be brief.") + len("hello there")
+    assert t.bytes_in == len("p: hello there")
