@@ -8,13 +8,15 @@ missing one stops start-up with the key that names it.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
 import importlib.resources
 import os
 import re
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomli
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -46,6 +48,16 @@ class GatewaySection(_Section):
     )
     shutdown_grace: float = Field(10.0, ge=0, description="Seconds to drain work on SIGTERM.")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description='"text" lines for a terminal or journalctl, or "json": one object per line '
+        "(ts, level, logger, msg, channel, conversation, correlation_id...) for log shippers.",
+    )
+    log_levels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Levels per logger, over log_level: "
+        '{ "gateway.channel.support_bot" = "DEBUG", "gateway.agent" = "WARNING" }.',
+    )
     workers: int = Field(64, ge=1, description="Conversations answered at the same time.")
 
     @field_validator("log_level")
@@ -54,6 +66,14 @@ class GatewaySection(_Section):
         if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return value.upper()
+
+    @field_validator("log_levels")
+    @classmethod
+    def _levels(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, level in value.items():
+            if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                raise ValueError(f"{name!r}: must be one of DEBUG, INFO, WARNING, ERROR")
+        return {name: level.upper() for name, level in value.items()}
 
 
 class HttpSection(_Section):
@@ -71,6 +91,56 @@ class HttpSection(_Section):
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f'{value!r} is not an http(s) URL such as "https://gw.example.com"')
         return value.rstrip("/") if value else value
+
+
+class BusinessHours(_Section):
+    """When people are at work to take over conversations."""
+
+    timezone: str = Field("UTC", description='IANA time zone, e.g. "Europe/Moscow".')
+    days: list[str] = Field(
+        ["mon", "tue", "wed", "thu", "fri"], description="Working days (mon..sun)."
+    )
+    open: str = Field("09:00", description="Opening time, HH:MM.")
+    close: str = Field("18:00", description="Closing time, HH:MM.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f'unknown time zone {value!r} (use an IANA name like "Europe/Berlin")'
+            ) from None
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: list[str]) -> list[str]:
+        bad = [d for d in value if d.lower()[:3] not in WEEKDAYS]
+        if bad:
+            raise ValueError(f"unknown day(s) {bad}; use mon, tue, wed, thu, fri, sat, sun")
+        return [d.lower()[:3] for d in value]
+
+    @field_validator("open", "close")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError(f"{value!r} is not HH:MM (24-hour)")
+        return value
+
+    def is_open(self, moment: dt.datetime) -> bool:
+        local = moment.astimezone(zoneinfo.ZoneInfo(self.timezone))
+        return (
+            WEEKDAYS[local.weekday()] in self.days
+            and self.open <= local.strftime("%H:%M") < self.close
+        )
+
+    def describe(self) -> str:
+        return f"{self.days[0]}-{self.days[-1]} {self.open}-{self.close} ({self.timezone})"
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class AgentConfig(_Section):
@@ -98,6 +168,31 @@ class AgentConfig(_Section):
         description="Sent when the model fails after every attempt: never silence.",
     )
     max_reply_chars: int = Field(4000, ge=1, description="Longer model replies are cut here.")
+    language: str | None = Field(
+        None,
+        description='Language of the replies ("en", "ru", ...), or "auto" for the user\'s own; '
+        "unset: whatever the model does.",
+    )
+    disclosure: str | None = Field(
+        None, description='A line added under every AI reply, e.g. "(automatic reply by AI)".'
+    )
+    handoff_phrases: list[str] = Field(
+        default_factory=list,
+        description='More phrases that mean "I want a person" (built-in: en, ru, es, pt).',
+    )
+    handoff_text: str = Field(
+        "I'm passing you to a person from our team. They will answer here shortly.",
+        min_length=1,
+        description="Sent once when the conversation goes to a person; then the AI is silent.",
+    )
+    business_hours: BusinessHours | None = Field(
+        None, description="When people can take over; outside them after_hours_text is sent."
+    )
+    after_hours_text: str = Field(
+        "I'm passing you to a person from our team. We are at work {hours}; we will answer then.",
+        min_length=1,
+        description="The handoff text outside business hours; {hours} is replaced by them.",
+    )
     non_text_reply: str = Field(
         "Sorry, I can only read text messages for now. Could you describe it in words?",
         min_length=1,

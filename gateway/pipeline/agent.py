@@ -8,11 +8,12 @@ Every model call (and every call the policy refused) is handed to ``record`` as 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -23,10 +24,43 @@ from gateway.plugin import LLMProvider, ProviderConfig
 from gateway.privacy.residency import Decision, ResidencyPolicy, decide
 from gateway.store.journal import PendingWork
 
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
+
 log = logging.getLogger("gateway.agent")
 
 # The redactor's categories, as the residency policy names them.
 _POLICY_CATEGORY = {"name": "contact_names"}
+
+# "I want a person", in the languages the product serves; agents add their own phrases.
+HUMAN_PHRASES = (
+    "talk to a human",
+    "speak to a human",
+    "real person",
+    "talk to a person",
+    "speak to a person",
+    "human agent",
+    "live agent",
+    "talk to an agent",
+    "speak to an agent",
+    "operator please",
+    "customer service representative",
+    "живой человек",
+    "живым человеком",
+    "оператор",
+    "позовите менеджера",
+    "соедините с менеджером",
+    "позовите человека",
+    "хочу поговорить с человеком",
+    "hablar con una persona",
+    "hablar con un agente",
+    "persona real",
+    "agente humano",
+    "falar com um atendente",
+    "falar com uma pessoa",
+    "atendente humano",
+    "pessoa real",
+)
 
 
 class Redacting(Protocol):
@@ -77,6 +111,9 @@ async def _no_record(work: PendingWork, transfer: Transfer) -> None:
 
 
 class Agent:
+    metrics: Metrics | None = None
+    """Counts model calls when set (gateway.app sets it); None for agents built alone."""
+
     def __init__(
         self,
         name: str,
@@ -108,7 +145,24 @@ class Agent:
             for t in work.history
             if t.text
         )
-        return CompletionRequest(system=self.config.system_prompt, messages=turns)
+        system = self.config.system_prompt
+        language = self.config.language
+        if language == "auto":
+            system += "\nAnswer in the language of the user's last message."
+        elif language:
+            system += f"\nAlways answer in this language: {language}."
+        return CompletionRequest(system=system, messages=turns, language=language)
+
+    def wants_human(self, text: str) -> bool:
+        """Did the user ask for a person? Built-in phrases (en, ru, es, pt) and the agent's own."""
+        folded = " ".join(text.casefold().split())
+        return any(p.casefold() in folded for p in (*HUMAN_PHRASES, *self.config.handoff_phrases))
+
+    def handoff_text(self, moment: dt.datetime) -> str:
+        hours = self.config.business_hours
+        if hours is None or hours.is_open(moment):
+            return self.config.handoff_text
+        return self.config.after_hours_text.replace("{hours}", hours.describe())
 
     async def answer(
         self, work: PendingWork, channel_policy: ResidencyPolicy | None = None
@@ -152,7 +206,10 @@ class Agent:
                 if sent is redacted and self.redactor is not None:
                     text = self.redactor.restore(text, mapping)
                 self.calls["ok"] += 1
-                return text[: cfg.max_reply_chars], "ai"
+                text = text[: cfg.max_reply_chars]
+                if cfg.disclosure:
+                    text = f"{text}\n\n{cfg.disclosure}"
+                return text, "ai"
             slot.cooling_until = trio.current_time() + cfg.cooldown
         self.calls["fallback"] += 1
         return cfg.fallback_text, "fallback"
@@ -209,7 +266,10 @@ class Agent:
                 outcome,
                 elapsed,
                 f" ({detail})" if detail else "",
+                extra={"provider": slot.name, "attempt": attempt, "outcome": outcome},
             )
+            if self.metrics is not None:
+                self.metrics.provider_call(slot.name, outcome, elapsed / 1000)
             await self.record(
                 work, self._transfer(slot, decision, request, text, outcome, detail, elapsed)
             )

@@ -13,6 +13,7 @@ On start, pending journal entries and outbox rows are picked up again (crash rec
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import hmac
 import logging
@@ -21,7 +22,9 @@ from collections.abc import Mapping, Sequence
 import trio
 
 from gateway.errors import SendError, StoreError
+from gateway.logs import log_context
 from gateway.messages import Inbound, Outbound
+from gateway.metrics import Metrics
 from gateway.pipeline.agent import Agent
 from gateway.pipeline.lanes import Lanes
 from gateway.pipeline.ratelimit import SendLimiter
@@ -30,7 +33,9 @@ from gateway.store import Store
 from gateway.store.journal import (
     Intake,
     accept_txn,
+    close_without_reply_txn,
     commit_reply_txn,
+    handoff_txn,
     next_pending_txn,
     pending_conversations_txn,
 )
@@ -70,6 +75,7 @@ class Pipeline:
         *,
         max_concurrent_answers: int = 64,
         send_backoff: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.agents = agents
@@ -80,6 +86,7 @@ class Pipeline:
         self.answers = Lanes("answer", self._answer)
         self.deliveries = Lanes("deliver", self._deliver)
         self.accepting = True
+        self.metrics = metrics if metrics is not None else Metrics()
         self.counters = {
             "accepted": 0,
             "duplicates": 0,
@@ -89,6 +96,8 @@ class Pipeline:
             "send_failed": 0,
             "send_unknown": 0,
             "send_retries": 0,
+            "handoffs": 0,
+            "silent": 0,
         }
 
     def add_channel(self, name: str, config: ChannelConfig, plugin: Channel) -> None:
@@ -106,6 +115,7 @@ class Pipeline:
             interrupted = await self.store.write("recover outbox", recover_outbox_txn)
             if interrupted:
                 self.counters["send_unknown"] += len(interrupted)
+                self.metrics.sends_interrupted.inc(len(interrupted))
                 log.warning(
                     "%d replies were being sent when the gateway stopped; they are marked "
                     "'unknown' and not resent (at-most-once): outbox ids %s",
@@ -150,6 +160,7 @@ class Pipeline:
         ]
         accepted: list[Accepted] = await self.store.write("accept inbound", accept_txn, items)
         for result in accepted:
+            self.metrics.received(channel, duplicate=result.duplicate)
             if result.duplicate:
                 self.counters["duplicates"] += 1
             else:
@@ -168,6 +179,7 @@ class Pipeline:
             )
             if work is None:
                 return False
+            log_context(channel=work.channel, conversation=conversation_id, journal=work.journal_id)
             slot = self.channels.get(work.channel)
             agent = self.agents.get(slot.config.agent if slot else work.agent)
             if agent is None:
@@ -177,6 +189,19 @@ class Pipeline:
                     conversation_id,
                 )
                 return False
+            if work.status != "open" or not work.ai_allowed:
+                # A person has the conversation, or AI is off for it or its contact: the
+                # message stays stored for people to read and the AI says nothing.
+                await self.store.write("close without reply", close_without_reply_txn, work)
+                self.counters["silent"] += 1
+                return True
+            if work.history and agent.wants_human(work.history[-1].text):
+                text = agent.handoff_text(dt.datetime.now(dt.UTC))
+                outbox_id = await self.store.write("hand off", handoff_txn, work, text)
+                self.counters["handoffs"] += 1
+                if outbox_id is not None:
+                    self.deliveries.notify(conversation_id)
+                return True
             if len(work.history) > agent.config.history_turns + 1:
                 work = dataclasses.replace(
                     work, history=work.history[-(agent.config.history_turns + 1) :]
@@ -186,6 +211,7 @@ class Pipeline:
             )
         outbox_id = await self.store.write("commit reply", commit_reply_txn, work, text, author)
         if outbox_id is not None:
+            self.metrics.replied(work.channel, author)
             self.counters["replies"] += 1
             if author == "fallback":
                 self.counters["fallbacks"] += 1
@@ -200,6 +226,12 @@ class Pipeline:
         )
         if item is None:
             return False
+        log_context(
+            channel=item.channel,
+            conversation=conversation_id,
+            journal=_journal_id(item.idempotency_key),
+            outbox=item.id,
+        )
         slot = self.channels.get(item.channel)
         if slot is None or slot.plugin is None or slot.limiter is None:
             log.warning("channel %r is not running; outbox %d waits", item.channel, item.id)
@@ -241,7 +273,9 @@ class Pipeline:
                     attempt,
                     outcome,
                     exc,
+                    extra={"attempt": attempt, "outcome": outcome},
                 )
+                self.metrics.send(item.channel, outcome)
                 if outcome != "retry":
                     self.counters["send_failed" if outcome == "failed" else "send_unknown"] += 1
                     return True
@@ -265,6 +299,7 @@ class Pipeline:
                     detail=f"plugin error {type(exc).__name__}",
                 )
                 self.counters["send_failed"] += 1
+                self.metrics.send(item.channel, "failed")
                 return True
             await self.store.write(
                 "record delivery",
@@ -275,6 +310,14 @@ class Pipeline:
                 external_id=result.external_id,
             )
             self.counters["sent"] += 1
+            self.metrics.send(item.channel, "sent")
+            log.info(
+                "send channel=%s outbox=%d attempt=%d outcome=sent",
+                item.channel,
+                item.id,
+                attempt,
+                extra={"attempt": attempt, "outcome": "sent"},
+            )
             return True
 
     def _classify(self, exc: SendError, attempt: int, rate_limited: int) -> tuple[str, float]:
@@ -290,3 +333,9 @@ class Pipeline:
         if attempt - rate_limited >= MAX_SEND_ATTEMPTS:
             return "failed", 0.0
         return "retry", min(self._send_backoff * 2 ** (attempt - rate_limited - 1), 60.0)
+
+
+def _journal_id(idempotency_key: str) -> int | None:
+    """The journal id a reply answers (its key is "reply:<journal id>", commit_reply_txn)."""
+    tail = idempotency_key.removeprefix("reply:")
+    return int(tail) if tail != idempotency_key and tail.isdigit() else None

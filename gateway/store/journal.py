@@ -113,6 +113,10 @@ class PendingWork:
     external_id: str | None
     history: tuple[Turn, ...]
     """Earlier messages of the conversation, oldest first, ending with this message."""
+    status: str = "open"
+    """The conversation's status: 'open' (AI answers), 'handoff' (a person does), 'closed'."""
+    ai_allowed: bool = True
+    """False when AI is off for the conversation or the contact, or the contact is restricted."""
 
 
 def pending_conversations_txn(db: sqlite_utils.Database) -> list[int]:
@@ -129,15 +133,17 @@ def next_pending_txn(
 ) -> PendingWork | None:
     conn = db.conn
     row = conn.execute(
-        "SELECT j.id, j.message_id, c.channel, c.account, c.thread_key, c.agent, m.external_id "
+        "SELECT j.id, j.message_id, c.channel, c.account, c.thread_key, c.agent, m.external_id, "
+        "c.status, c.ai_enabled AND k.ai_enabled AND NOT k.restricted "
         "FROM journal j JOIN conversations c ON c.id = j.conversation_id "
+        "JOIN contacts k ON k.id = c.contact_id "
         "LEFT JOIN messages m ON m.id = j.message_id "
         "WHERE j.conversation_id = ? AND j.state = 'pending' ORDER BY j.id LIMIT 1",
         (conversation_id,),
     ).fetchone()
     if row is None:
         return None
-    journal_id, message_id, channel, account, thread_key, agent, external_id = row
+    journal_id, message_id, channel, account, thread_key, agent, external_id, status, ai = row
     # Earlier messages, and every reply so far: a reply committed after this message arrived
     # answers an earlier one (one conversation is answered in order), so it belongs before it.
     turns = conn.execute(
@@ -160,7 +166,93 @@ def next_pending_txn(
         agent=agent,
         external_id=external_id,
         history=tuple(Turn(d, t) for d, t in reversed(turns)),
+        status=status,
+        ai_allowed=bool(ai),
     )
+
+
+def close_without_reply_txn(db: sqlite_utils.Database, work: PendingWork) -> None:
+    """The message stays stored and visible to people; the AI does not answer it."""
+    db.conn.execute(
+        "UPDATE journal SET state = 'done', done_at = ? WHERE id = ? AND state = 'pending'",
+        (now(), work.journal_id),
+    )
+
+
+def set_conversation_txn(
+    db: sqlite_utils.Database,
+    conversation_id: int,
+    *,
+    kind: str,
+    actor: str,
+    reason: str | None = None,
+) -> bool:
+    """Hand a conversation to people, give it back to the AI, close it, or switch its AI.
+
+    ``kind``: handoff, release, close, ai_off, ai_on. Recorded in conversation_events.
+    Returns False if there is no such conversation.
+    """
+    changes = {
+        "handoff": ("status", "handoff"),
+        "release": ("status", "open"),
+        "close": ("status", "closed"),
+        "ai_off": ("ai_enabled", 0),
+        "ai_on": ("ai_enabled", 1),
+    }
+    column, value = changes[kind]
+    cur = db.conn.execute(
+        f"UPDATE conversations SET {column} = ? WHERE id = ?", (value, conversation_id)
+    )
+    if cur.rowcount == 0:
+        return False
+    db.conn.execute(
+        "INSERT INTO conversation_events (conversation_id, at, kind, actor, reason) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (conversation_id, now(), kind, actor, reason),
+    )
+    return True
+
+
+def handoff_txn(db: sqlite_utils.Database, work: PendingWork, text: str) -> int | None:
+    """The user asked for a person: hand the conversation over and tell them, atomically."""
+    set_conversation_txn(
+        db, work.conversation_id, kind="handoff", actor="contact", reason="asked for a person"
+    )
+    return commit_reply_txn(db, work, text, "notice")
+
+
+def set_contact_ai_txn(db: sqlite_utils.Database, contact_id: int, enabled: bool) -> bool:
+    cur = db.conn.execute(
+        "UPDATE contacts SET ai_enabled = ?, updated_at = ? WHERE id = ?",
+        (int(enabled), now(), contact_id),
+    )
+    return cur.rowcount > 0
+
+
+def conversations_txn(
+    db: sqlite_utils.Database, status: str | None = None, limit: int = 50
+) -> list[dict[str, object]]:
+    """Conversations, newest activity first, without message content (for lists and the CLI)."""
+    where, params = ("WHERE c.status = ?", [status]) if status else ("", [])
+    rows = db.conn.execute(
+        "SELECT c.id, c.channel, c.status, c.ai_enabled, k.ai_enabled, k.restricted, c.contact_id, "
+        "c.last_message_at, (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) "
+        f"FROM conversations c JOIN contacts k ON k.id = c.contact_id {where} "
+        "ORDER BY c.last_message_at DESC LIMIT ?",
+        (*params, limit),
+    ).fetchall()
+    keys = (
+        "id",
+        "channel",
+        "status",
+        "ai_enabled",
+        "contact_ai_enabled",
+        "restricted",
+        "contact_id",
+        "last_message_at",
+        "messages",
+    )
+    return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
 def commit_reply_txn(

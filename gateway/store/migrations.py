@@ -137,3 +137,27 @@ def m002_create_transfers(db: sqlite_utils.Database) -> None:
         CREATE INDEX transfers_conversation ON transfers (conversation_id);
         """
     )
+
+
+@migrations()
+def m003_add_ai_controls(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        -- "AI off" per contact and per conversation; a restricted contact (a data-subject
+        -- restriction or objection) is never sent to a model.
+        ALTER TABLE contacts ADD COLUMN ai_enabled INTEGER NOT NULL DEFAULT 1;
+        ALTER TABLE contacts ADD COLUMN restricted INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE conversations ADD COLUMN ai_enabled INTEGER NOT NULL DEFAULT 1;
+        -- status: 'open' (the AI answers), 'handoff' (a person answers; the AI stays silent),
+        -- 'closed'. Who changed it and why is kept in conversation_events.
+        CREATE TABLE conversation_events (
+            id INTEGER PRIMARY KEY,
+            conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            at TEXT NOT NULL,
+            kind TEXT NOT NULL,            -- handoff, release, ai_off, ai_on, close
+            actor TEXT NOT NULL,           -- 'contact', 'ai', 'cli', 'admin:<user>'
+            reason TEXT
+        );
+        CREATE INDEX conversation_events_conversation ON conversation_events (conversation_id);
+        """
+    )

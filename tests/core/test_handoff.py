@@ -1,0 +1,154 @@
+"""Human handoff and "AI off": a user asking for a person gets one notice and then only people
+answer; AI can be switched off per conversation and per contact; business hours shape the notice."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from gateway.config import AgentConfig, BusinessHours
+from gateway.plugin import Registry
+from gateway.store.journal import set_contact_ai_txn, set_conversation_txn
+from gateway.testing.daemon import open_gateway
+from gateway.testing.fake_channel import FakeChannel
+from gateway.testing.fake_llm import FakeProvider
+
+CONFIG = """
+[gateway]
+data_dir = "data"
+[http]
+public_bind = "127.0.0.1:0"
+admin_bind = "127.0.0.1:0"
+[channels.support]
+plugin = "fake"
+[agents.default]
+provider = "model"
+handoff_phrases = ["get me the boss"]
+handoff_text = "A colleague will take over."
+disclosure = "(AI reply)"
+language = "auto"
+[providers.model]
+plugin = "fake"
+"""
+
+
+@pytest.fixture
+def registry() -> Registry:
+    registry = Registry()
+    registry.add("channel", "fake", FakeChannel)
+    registry.add("llm", "fake", FakeProvider)
+    return registry
+
+
+async def conversation_status(gw, thread: str) -> tuple[str, int]:
+    return await gw.running.store.read(
+        "s",
+        lambda db: db.conn.execute(
+            "SELECT status, id FROM conversations WHERE thread_key = ?", (thread,)
+        ).fetchone(),
+    )
+
+
+@pytest.mark.parametrize(
+    "phrase",
+    [
+        "Can I talk to a human?",
+        "Позовите оператора, пожалуйста",
+        "quiero hablar con una persona",
+        "Quero falar com um atendente",
+        "GET ME THE BOSS now",
+    ],
+)
+async def test_asking_for_a_person_hands_off_and_silences_the_ai(tmp_path, registry, phrase):
+    async with open_gateway(CONFIG, registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        provider: FakeProvider = gw.provider()
+        await channel.deliver("c1", "u1", phrase)
+        (notice,) = await channel.wait_sent(1)
+        assert notice.text == "A colleague will take over."
+        status, conversation = await conversation_status(gw, "c1")
+        assert status == "handoff"
+        await channel.deliver("c1", "u1", "hello? anyone?")
+        await gw.wait_idle()
+        assert len(channel.sent) == 1 and provider.requests == []  # silent, and no model call
+        stored = await gw.running.store.read(
+            "m",
+            lambda db: [
+                r[0] for r in db.conn.execute("SELECT text FROM messages WHERE direction='in'")
+            ],
+        )
+        assert stored == [phrase, "hello? anyone?"]  # kept for the person who answers
+        # A person hands the conversation back: the AI answers again.
+        await gw.running.store.write(
+            "release", set_conversation_txn, conversation, kind="release", actor="cli"
+        )
+        await channel.deliver("c1", "u1", "thanks, one more question")
+        await channel.wait_sent(2)
+        assert channel.sent[1].text == "echo: thanks, one more question\n\n(AI reply)"
+        events = await gw.running.store.read(
+            "e",
+            lambda db: [
+                r[0] for r in db.conn.execute("SELECT kind FROM conversation_events ORDER BY id")
+            ],
+        )
+        assert events == ["handoff", "release"]
+
+
+async def test_ai_off_per_conversation_and_per_contact(tmp_path, registry):
+    async with open_gateway(CONFIG, registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        provider: FakeProvider = gw.provider()
+        first = await channel.deliver("c1", "alice", "hi")
+        await channel.wait_sent(1)
+        await gw.running.store.write(
+            "off", set_conversation_txn, first.conversation_id, kind="ai_off", actor="cli"
+        )
+        await channel.deliver("c1", "alice", "are you a bot?")
+        second = await channel.deliver("c2", "bob", "hi")
+        await channel.wait_sent(2)
+        contact = await gw.running.store.read(
+            "k",
+            lambda db: db.conn.execute(
+                "SELECT contact_id FROM conversations WHERE id = ?", (second.conversation_id,)
+            ).fetchone()[0],
+        )
+        await gw.running.store.write("off", set_contact_ai_txn, contact, False)
+        await channel.deliver("c2", "bob", "still there?")
+        await gw.wait_idle()
+        assert [o.thread_key for o in channel.sent] == ["c1", "c2"]
+        assert len(provider.requests) == 2
+        assert gw.running.pipeline.counters["silent"] == 2
+
+
+async def test_language_instruction_reaches_the_model(tmp_path, registry):
+    async with open_gateway(CONFIG, registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        await channel.deliver("c1", "u1", "Привет")
+        await channel.wait_sent(1)
+        assert "language of the user's last message" in gw.provider().requests[0].system
+
+
+def test_business_hours_shape_the_handoff_notice():
+    hours = BusinessHours(timezone="Europe/Moscow", days=["mon", "tue", "wed", "thu", "fri"])
+    agent_config = AgentConfig(provider="x", business_hours=hours, handoff_text="Now.")
+    from gateway.pipeline.agent import Agent
+
+    agent = Agent("a", agent_config, [])
+    monday_noon_msk = dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.UTC)  # 12:00 in Moscow
+    saturday = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.UTC)
+    monday_late = dt.datetime(2026, 11, 23, 16, 0, tzinfo=dt.UTC)  # 19:00 in Moscow
+    assert agent.handoff_text(monday_noon_msk) == "Now."
+    for moment in (saturday, monday_late):
+        assert agent.handoff_text(moment).endswith(
+            "We are at work mon-fri 09:00-18:00 (Europe/Moscow); we will answer then."
+        )
+
+
+def test_business_hours_validation():
+    with pytest.raises(ValueError, match="unknown time zone"):
+        BusinessHours(timezone="Mars/Olympus")
+    with pytest.raises(ValueError, match="HH:MM"):
+        BusinessHours(open="9am")
+    with pytest.raises(ValueError, match="unknown day"):
+        BusinessHours(days=["monday", "funday"])
