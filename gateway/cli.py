@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import trio
 
-from gateway import __version__
+from gateway import __version__, conversations_cli
 from gateway.config import EMBEDDED, GatewayConfig, load_config
 from gateway.errors import GatewayError
 from gateway.keys import DATABASE_FILE, key_banner, load_master_key
@@ -33,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("plugins", help="list the channel and LLM plugins found")
     p.add_argument("--verbose", "-v", action="store_true", help="show each plugin's config keys")
 
+    conversations_cli.add_parser(sub)
+
     args = parser.parse_args(argv)
     registry = load_registry()
     try:
@@ -41,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             return cmd_check_config(args.file, registry)
         config = load_config(args.config, registry)
+        if args.command == "conversations":
+            return conversations_cli.run(config, args)
         if args.command == "init":
             return cmd_init(config)
         return cmd_run(config)

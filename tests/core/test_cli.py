@@ -84,3 +84,47 @@ def test_run_with_wrong_key_stops_with_clear_error(tmp_path):
     )
     assert result.returncode == 2
     assert "does not open" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_conversations_list_and_release(tmp_path):
+    """A conversation handed to people is listed and given back to the AI from the CLI."""
+    import trio
+
+    from gateway.keys import load_master_key
+    from gateway.messages import Inbound
+    from gateway.store import open_store
+    from gateway.store.journal import Intake, accept_txn, set_conversation_txn
+
+    config = tmp_path / "g.toml"
+    config.write_text(
+        '[gateway]\ndata_dir = "data"\n[channels.web]\nplugin = "webchat"\n'
+        '[agents.default]\nprovider = "faq"\n[providers.faq]\nplugin = "faq"\n'
+    )
+    env = {"PATH": "/usr/bin:/bin"}
+    assert gateway("init", "--config", str(config), env=env).returncode == 0
+    master = load_master_key(tmp_path / "data", environ={})
+
+    async def seed() -> int:
+        async with open_store(
+            tmp_path / "data" / "gateway.db", master.derive("sqlcipher")
+        ) as store:
+            inbound = Inbound("web", "m1", "visitor1", "visitor1", "secret words")
+            (accepted,) = await store.write(
+                "a", accept_txn, [Intake("k", "web", "default", inbound)]
+            )
+            await store.write(
+                "h", set_conversation_txn, accepted.conversation_id, kind="handoff", actor="test"
+            )
+            return accepted.conversation_id
+
+    cid = trio.run(seed)
+    listed = gateway("conversations", "--config", str(config), "--status", "handoff", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert f"{cid:>6}  web" in listed.stdout and "handoff" in listed.stdout
+    assert "secret words" not in listed.stdout  # no content in the switchboard
+    released = gateway("conversations", "--config", str(config), "release", str(cid), env=env)
+    assert released.returncode == 0 and "release done" in released.stdout
+    after = gateway("conversations", "--config", str(config), env=env)
+    assert "open" in after.stdout and "handoff" not in after.stdout
+    missing = gateway("conversations", "--config", str(config), "release", "999", env=env)
+    assert missing.returncode == 2 and "no conversation with id 999" in missing.stderr

@@ -1,0 +1,81 @@
+"""``gateway conversations``: list conversations, hand them to people and back, switch AI off.
+
+Works beside a running daemon: SQLite's write lock (busy_timeout) orders its one small write
+with the daemon's writer. Prints no message content: this is an operator's switchboard.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
+from gateway.keys import DATABASE_FILE, load_master_key
+from gateway.store.db import connect
+from gateway.store.journal import conversations_txn, set_contact_ai_txn, set_conversation_txn
+from gateway.store.migrations import migrations
+
+ACTIONS = {
+    "handoff": "hand the conversation to people (the AI stays silent)",
+    "release": "give the conversation back to the AI",
+    "close": "close the conversation",
+    "ai-off": "switch AI off for the conversation (or --contact)",
+    "ai-on": "switch AI back on for the conversation (or --contact)",
+}
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("conversations", help="list conversations; hand off, release, AI on/off")
+    p.add_argument("--config", "-c", metavar="FILE", help="TOML config file")
+    p.add_argument("action", nargs="?", default="list", choices=["list", *ACTIONS])
+    p.add_argument("id", nargs="?", type=int, help="conversation id (contact id with --contact)")
+    p.add_argument("--contact", action="store_true", help="ai-off/ai-on apply to the contact")
+    p.add_argument("--status", choices=["open", "handoff", "closed"], help="list only these")
+    p.add_argument("--reason", help="why (kept in the conversation's events)")
+
+
+def run(config: GatewayConfig, args: argparse.Namespace) -> int:
+    master = load_master_key(config.data_dir, reference=config.gateway.master_key, create=False)
+    path = config.data_dir / DATABASE_FILE
+    if not path.exists():
+        raise GatewayError(f"no database at {path}: start the gateway (or `gateway init`) first")
+    db = connect(path, master.derive("sqlcipher"))
+    try:
+        if migrations.pending(db):
+            raise GatewayError("the database needs migrations: start the gateway once first")
+        if args.action == "list":
+            rows = conversations_txn(db, args.status)
+            print(
+                f"{'id':>6}  {'channel':<14} {'status':<8} {'ai':<4} {'contact':>7} {'msgs':>5}  last message"
+            )
+            for r in rows:
+                ai = (
+                    "on"
+                    if r["ai_enabled"] and r["contact_ai_enabled"] and not r["restricted"]
+                    else "off"
+                )
+                print(
+                    f"{r['id']:>6}  {r['channel']:<14} {r['status']:<8} {ai:<4} "
+                    f"{r['contact_id']:>7} {r['messages']:>5}  {r['last_message_at']}"
+                )
+            return 0
+        if args.id is None:
+            raise GatewayError(f"`gateway conversations {args.action}` needs an id")
+        with db.conn:
+            if args.contact:
+                if args.action not in ("ai-off", "ai-on"):
+                    raise GatewayError("--contact goes with ai-off or ai-on")
+                found = set_contact_ai_txn(db, args.id, args.action == "ai-on")
+            else:
+                found = set_conversation_txn(
+                    db, args.id, kind=args.action.replace("-", "_"), actor="cli", reason=args.reason
+                )
+        if not found:
+            raise GatewayError(
+                f"no {'contact' if args.contact else 'conversation'} with id {args.id}"
+            )
+        print(f"{'contact' if args.contact else 'conversation'} {args.id}: {args.action} done")
+        return 0
+    finally:
+        db.conn.close()
