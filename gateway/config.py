@@ -159,6 +159,12 @@ class AgentConfig(_Section):
     history_turns: int = Field(
         20, ge=0, le=500, description="Earlier messages sent with each request."
     )
+    history_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Also cap the history at about this many tokens (4 characters a token); "
+        "the newest message is always sent.",
+    )
     max_attempts: int = Field(3, ge=1, le=10, description="Model calls before the fallback text.")
     retry_backoff: float = Field(1.0, ge=0, description="First retry delay in seconds; doubles.")
     retry_backoff_max: float = Field(20.0, ge=0, description="Longest retry delay in seconds.")

@@ -140,10 +140,16 @@ class Agent:
         return self.chain[0].provider
 
     def request_for(self, work: PendingWork) -> CompletionRequest:
+        cfg = self.config
+        history = [t for t in work.history[-(cfg.history_turns + 1) :] if t.text]
+        if cfg.history_tokens is not None:
+            # ~4 characters a token is the usual rule of thumb; exact counts need the model's
+            # own tokenizer, which a gateway serving many providers does not have.
+            budget = cfg.history_tokens * 4
+            while len(history) > 1 and sum(len(t.text) for t in history) > budget:
+                history.pop(0)
         turns = tuple(
-            ChatMessage("user" if t.direction == "in" else "assistant", t.text)
-            for t in work.history
-            if t.text
+            ChatMessage("user" if t.direction == "in" else "assistant", t.text) for t in history
         )
         system = self.config.system_prompt
         language = self.config.language

@@ -202,10 +202,6 @@ class Pipeline:
                 if outbox_id is not None:
                     self.deliveries.notify(conversation_id)
                 return True
-            if len(work.history) > agent.config.history_turns + 1:
-                work = dataclasses.replace(
-                    work, history=work.history[-(agent.config.history_turns + 1) :]
-                )
             text, author = await agent.answer(
                 work, slot.config.residency if slot is not None else None
             )

@@ -138,3 +138,21 @@ async def test_transfer_records_legal_basis_and_sizes(context):
     assert t.legal_basis == "contract" and t.purpose == "reply" and not t.redacted
     assert t.bytes_out == len("Be brief.") + len("hello there")
     assert t.bytes_in == len("p: hello there")
+
+
+async def test_history_window_in_turns_and_tokens(context):
+    p = slot("p", context)
+    history = tuple(Turn("in" if n % 2 == 0 else "out", f"turn {n} " + "x" * 40) for n in range(9))
+    w = PendingWork(1, 7, 1, "web", "web", "t", "default", None, history)
+    by_turns = agent([p], Log(), history_turns=4).request_for(w)
+    assert [m.content[:6] for m in by_turns.messages] == [
+        "turn 4",
+        "turn 5",
+        "turn 6",
+        "turn 7",
+        "turn 8",
+    ]
+    by_tokens = agent([p], Log(), history_tokens=30).request_for(w)  # ~120 characters
+    assert [m.content[:6] for m in by_tokens.messages] == ["turn 7", "turn 8"]
+    tiny = agent([p], Log(), history_tokens=1).request_for(w)
+    assert [m.content[:6] for m in tiny.messages] == ["turn 8"]  # the newest message always goes
