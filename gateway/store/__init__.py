@@ -11,6 +11,12 @@ Use::
 
 from __future__ import annotations
 
+# isort: off
+# SQLCipher must stand in for pysqlite3 before sqlite_utils is first imported (see db.py); this
+# package's __init__ runs before any of its modules, so the shim goes first here.
+import gateway.store.db  # noqa: F401
+# isort: on
+
 import contextlib
 import functools
 import logging

@@ -137,3 +137,30 @@ async def test_outbox_states_and_crash_recovery(tmp_path):
             "s", lambda db: dict(db.conn.execute("SELECT id, state FROM outbox"))
         )
         assert states == {first.id: "unknown", second.id: "sent"}
+
+
+def test_sqlite_utils_uses_sqlcipher():
+    """ARCHITECTURE.md's pitfall: sqlite-utils must see sqlcipher3 as its sqlite3, or its
+    drop(ignore=True) and alter=True break on SQLCipher errors."""
+    import subprocess
+    import sys
+
+    # A fresh interpreter: in this one, other tests may already have imported things in order.
+    for first in ("gateway.store", "gateway.store.journal", "gateway.app"):
+        code = f"import {first}, sqlite_utils.utils, sqlcipher3; print(sqlite_utils.utils.sqlite3 is sqlcipher3)"
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == "True", first
+
+
+async def test_sqlite_utils_alter_and_drop_ignore_work_on_sqlcipher(tmp_path):
+    async with open_store(tmp_path / "g.db", KEY) as store:
+
+        def alter(db):
+            db["scratch"].insert({"a": 1})
+            db["scratch"].insert({"a": 2, "b": "new column"}, alter=True)
+            db["missing"].drop(ignore=True)
+            return db["scratch"].columns_dict
+
+        assert await store.write("alter", alter) == {"a": int, "b": str}
