@@ -21,11 +21,13 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from gateway.config import GatewayConfig
+from gateway.config import AgentConfig, GatewayConfig
 from gateway.http.admin import make_admin_app
 from gateway.http.public import make_public_app
 from gateway.keys import DATABASE_FILE, MasterKey, load_master_key
+from gateway.knowledge import format_snippets, load_chunks, search_knowledge_txn, sync_knowledge_txn
 from gateway.messages import Inbound
+from gateway.metrics import Metrics
 from gateway.pipeline.agent import Agent, ProviderSlot, Transfer
 from gateway.pipeline.core import Pipeline
 from gateway.plugin import Accepted, Channel, HistoryItem, LLMProvider
@@ -97,6 +99,17 @@ class ProviderContextImpl:
     http: httpx.AsyncClient
     config_dir: str
     log: logging.Logger
+
+
+async def sync_knowledge(config: GatewayConfig, store: Store) -> None:
+    """Index each agent's knowledge folder (only changed files are rewritten)."""
+    for name, agent in config.agents.items():
+        chunks = []
+        if agent.knowledge_dir is not None:
+            chunks = await trio.to_thread.run_sync(load_chunks, agent.knowledge_dir)
+        report = await store.write("sync knowledge", sync_knowledge_txn, name, chunks)
+        if agent.knowledge_dir is not None:
+            log.info("knowledge of agent %s (%s): %s", name, agent.knowledge_dir, report)
 
 
 async def supervise(
@@ -190,6 +203,18 @@ async def serve(
                         transfer,
                     )
 
+                await sync_knowledge(config, store)
+
+                async def knowledge(text: str, *, agent: str, cfg: AgentConfig) -> str:
+                    found = await store.read(
+                        "search knowledge",
+                        search_knowledge_txn,
+                        agent,
+                        text,
+                        cfg.knowledge_snippets,
+                    )
+                    return format_snippets(found, cfg.knowledge_max_chars)
+
                 agents = {
                     name: Agent(
                         name,
@@ -197,14 +222,24 @@ async def serve(
                         [slots[p] for p in (agent.provider, *agent.failover)],
                         local_only=config.local_only,
                         record=functools.partial(record, agent=name),
+                        knowledge=functools.partial(knowledge, agent=name, cfg=agent)
+                        if agent.knowledge_dir
+                        else None,
                     )
                     for name, agent in config.agents.items()
                 }
+                metrics = Metrics(
+                    [name for name, entry in config.channels.items() if entry.config.enabled],
+                    config.providers,
+                )
+                for each in agents.values():
+                    each.metrics = metrics
                 pipeline = Pipeline(
                     store,
                     agents,
                     master.derive("dedupe"),
                     max_concurrent_answers=config.gateway.workers,
+                    metrics=metrics,
                 )
                 await _run(config, store, http, pipeline, master, stop, grace, task_status)
             finally:
@@ -226,6 +261,8 @@ async def _run(
     grace: float,
     task_status: trio.TaskStatus[Running],
 ) -> None:
+    from gateway import notify
+
     restarts: dict[str, int] = {}
     stop_http = trio.Event()
     async with trio.open_nursery() as root:
@@ -264,7 +301,10 @@ async def _run(
             Running(public_urls, admin_urls, chat_urls, master, pipeline, store, restarts)
         )
         log.info("gateway started: public %s, admin %s", public_urls, admin_urls)
+        notify.notify_ready(f"public {' '.join(public_urls)}, admin {' '.join(admin_urls)}")
+        await root.start(notify.run_watchdog)
         await stop.wait()
+        notify.notify_stopping(f"draining for up to {grace:.0f}s")
         log.info("shutting down: draining for up to %.0fs", grace)
         pipeline.accepting = False
         stop_http.set()

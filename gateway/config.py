@@ -174,6 +174,15 @@ class AgentConfig(_Section):
         description="Sent when the model fails after every attempt: never silence.",
     )
     max_reply_chars: int = Field(4000, ge=1, description="Longer model replies are cut here.")
+    knowledge_dir: Path | None = Field(
+        None,
+        description="A folder of .md/.txt/.html documents; the best matching snippets are added "
+        "to the prompt. Relative to the config file.",
+    )
+    knowledge_snippets: int = Field(3, ge=1, le=20, description="Snippets added per message.")
+    knowledge_max_chars: int = Field(
+        2000, ge=100, description="Most characters of snippets added per message."
+    )
     language: str | None = Field(
         None,
         description='Language of the replies ("en", "ru", ...), or "auto" for the user\'s own; '
@@ -361,6 +370,19 @@ class _Validator:
             name: self.model(AgentConfig, table, f"agents.{name}")
             for name, table in raw.get("agents", {}).items()
         }
+        for name, agent in agents.items():
+            folder = agent.knowledge_dir
+            if folder is not None:
+                folder = folder.expanduser()
+                folder = folder if folder.is_absolute() else self.base / folder
+                if not folder.is_dir():
+                    raise self.error(
+                        f"knowledge folder {folder} does not exist",
+                        f"agents.{name}",
+                        "knowledge_dir",
+                        fix="create it, or fix the path (relative paths start at the config file)",
+                    )
+                agents[name] = agent.model_copy(update={"knowledge_dir": folder})
         for name, agent in agents.items():
             wanted = [("provider", agent.provider)] + [("failover", f) for f in agent.failover]
             for key, provider in wanted:

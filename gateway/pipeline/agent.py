@@ -124,6 +124,7 @@ class Agent:
         redactor: Redacting | None = None,
         new_mapping: Callable[[], Any] | None = None,
         record: Recorder = _no_record,
+        knowledge: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -132,6 +133,8 @@ class Agent:
         self.redactor = redactor
         self.new_mapping = new_mapping
         self.record = record
+        self.knowledge = knowledge
+        """Finds the agent's document snippets for a message (the block to add to the prompt)."""
         self.calls = {"ok": 0, "retry": 0, "fallback": 0, "refused": 0}
 
     @property
@@ -182,6 +185,10 @@ class Agent:
             # Nothing a text model can read (a sticker, a photo without caption).
             return cfg.non_text_reply, "notice"
         request = self.request_for(work)
+        if self.knowledge is not None:
+            snippets = await self.knowledge(work.history[-1].text)
+            if snippets:
+                request = dataclasses.replace(request, system=f"{request.system}\n\n{snippets}")
         redacted, mapping, found = self._redact(request)
         slots = [s for s in self.chain if not s.cooling()] or self.chain
         for slot in slots:

@@ -161,3 +161,9 @@ def m003_add_ai_controls(db: sqlite_utils.Database) -> None:
         CREATE INDEX conversation_events_conversation ON conversation_events (conversation_id);
         """
     )
+
+
+# Knowledge snippets (agents' documents, FTS5): the function lives beside the code that uses it.
+from gateway.knowledge import m004_create_knowledge  # noqa: E402
+
+migrations()(m004_create_knowledge)
