@@ -21,6 +21,7 @@ from typing import Any, Literal
 import tomli
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gateway.analysis import AnalysisConfig, Analyzer
 from gateway.errors import ConfigError, PluginError
 from gateway.plugin import ChannelConfig, PluginInfo, ProviderConfig, Registry
 from gateway.privacy.residency import LOCAL, ResidencyPolicy
@@ -143,6 +144,11 @@ class BusinessHours(_Section):
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
+def analysis_config(agent: AgentConfig) -> AnalysisConfig:
+    """The analyzer's settings for an agent: its categories and its own handoff phrases."""
+    return AnalysisConfig(categories=agent.categories, human_phrases={"any": agent.handoff_phrases})
+
+
 class AgentConfig(_Section):
     provider: str = Field(description="The [providers.NAME] table this agent asks first.")
     failover: list[str] = Field(
@@ -194,6 +200,15 @@ class AgentConfig(_Section):
     handoff_phrases: list[str] = Field(
         default_factory=list,
         description='More phrases that mean "I want a person" (built-in: en, ru, es, pt).',
+    )
+    categories: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Ticket categories and their keywords, for the analysis of each message "
+        '(e.g. { billing = ["invoice", "refund", "счёт"] }).',
+    )
+    handoff_categories: list[str] = Field(
+        default_factory=list,
+        description='Categories that go straight to a person (e.g. ["billing"]).',
     )
     handoff_text: str = Field(
         "I'm passing you to a person from our team. They will answer here shortly.",
@@ -371,6 +386,18 @@ class _Validator:
             for name, table in raw.get("agents", {}).items()
         }
         for name, agent in agents.items():
+            unknown = sorted(set(agent.handoff_categories) - set(agent.categories))
+            if unknown:
+                raise self.error(
+                    f"handoff_categories names categories that are not defined: {unknown}",
+                    f"agents.{name}",
+                    "handoff_categories",
+                    fix="define them in categories = { NAME = [keywords] }",
+                )
+            try:
+                Analyzer(analysis_config(agent))
+            except ValueError as exc:
+                raise self.error(str(exc), f"agents.{name}", "categories") from None
             folder = agent.knowledge_dir
             if folder is not None:
                 folder = folder.expanduser()

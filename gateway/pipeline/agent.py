@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from gateway.config import AgentConfig
+from gateway.analysis import Analysis, Analyzer
+from gateway.config import AgentConfig, analysis_config
 from gateway.errors import ProviderError
 from gateway.messages import ChatMessage, CompletionRequest
 from gateway.plugin import LLMProvider, ProviderConfig
@@ -134,6 +135,7 @@ class Agent:
         self.new_mapping = new_mapping
         self.record = record
         self.knowledge = knowledge
+        self.analyzer = Analyzer(analysis_config(config))
         """Finds the agent's document snippets for a message (the block to add to the prompt)."""
         self.calls = {"ok": 0, "retry": 0, "fallback": 0, "refused": 0}
 
@@ -162,10 +164,29 @@ class Agent:
             system += f"\nAlways answer in this language: {language}."
         return CompletionRequest(system=system, messages=turns, language=language)
 
+    def analyze(self, work: PendingWork) -> Analysis:
+        """The local analysis of the newest message, with the contact's earlier messages."""
+        earlier = [t.text for t in work.history[:-1] if t.direction == "in"]
+        return self.analyzer.analyze(work.history[-1].text if work.history else "", history=earlier)
+
+    def handoff_reason(self, analysis: Analysis, text: str) -> str | None:
+        """Why this message should go to a person, or None: the user asked for one (the
+        analyzer's lexicon, the built-in phrases or the agent's own), or its category is routed
+        to people."""
+        if analysis.wants_human or self.wants_human(text):
+            return "asked for a person"
+        if analysis.category is not None and analysis.category in self.config.handoff_categories:
+            return f"category {analysis.category} goes to people"
+        return None
+
     def wants_human(self, text: str) -> bool:
         """Did the user ask for a person? Built-in phrases (en, ru, es, pt) and the agent's own."""
         folded = " ".join(text.casefold().split())
         return any(p.casefold() in folded for p in (*HUMAN_PHRASES, *self.config.handoff_phrases))
+
+    def suggestions(self, analysis: Analysis, text: str) -> list[str]:
+        """Suggested replies for the person who has the conversation."""
+        return self.analyzer.suggest_replies(analysis, text)
 
     def handoff_text(self, moment: dt.datetime) -> str:
         hours = self.config.business_hours

@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import hmac
+import json
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -189,15 +190,40 @@ class Pipeline:
                     conversation_id,
                 )
                 return False
+            last = work.history[-1].text if work.history else ""
+            analysis = agent.analyze(work)
+            labels = analysis.to_json()
             if work.status != "open" or not work.ai_allowed:
                 # A person has the conversation, or AI is off for it or its contact: the
-                # message stays stored for people to read and the AI says nothing.
-                await self.store.write("close without reply", close_without_reply_txn, work)
+                # message stays stored for people to read (with replies they might send) and
+                # the AI says nothing.
+                suggested = (
+                    json.dumps(agent.suggestions(analysis, last), ensure_ascii=False)
+                    if work.status == "handoff"
+                    else None
+                )
+                await self.store.write(
+                    "close without reply",
+                    close_without_reply_txn,
+                    work,
+                    analysis=labels,
+                    suggestions=suggested,
+                )
                 self.counters["silent"] += 1
                 return True
-            if work.history and agent.wants_human(work.history[-1].text):
+            reason = agent.handoff_reason(analysis, last)
+            if reason is not None:
                 text = agent.handoff_text(dt.datetime.now(dt.UTC))
-                outbox_id = await self.store.write("hand off", handoff_txn, work, text)
+                suggested = json.dumps(agent.suggestions(analysis, last), ensure_ascii=False)
+                outbox_id = await self.store.write(
+                    "hand off",
+                    handoff_txn,
+                    work,
+                    text,
+                    reason=reason,
+                    analysis=labels,
+                    suggestions=suggested,
+                )
                 self.counters["handoffs"] += 1
                 if outbox_id is not None:
                     self.deliveries.notify(conversation_id)
@@ -205,7 +231,9 @@ class Pipeline:
             text, author = await agent.answer(
                 work, slot.config.residency if slot is not None else None
             )
-        outbox_id = await self.store.write("commit reply", commit_reply_txn, work, text, author)
+        outbox_id = await self.store.write(
+            "commit reply", commit_reply_txn, work, text, author, analysis=labels
+        )
         if outbox_id is not None:
             self.metrics.replied(work.channel, author)
             self.counters["replies"] += 1

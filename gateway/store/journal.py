@@ -171,8 +171,26 @@ def next_pending_txn(
     )
 
 
-def close_without_reply_txn(db: sqlite_utils.Database, work: PendingWork) -> None:
+def annotate_message(
+    db: sqlite_utils.Database, message_id: int, analysis: str | None, suggestions: str | None
+) -> None:
+    if analysis is not None or suggestions is not None:
+        db.conn.execute(
+            "UPDATE messages SET analysis = coalesce(?, analysis), "
+            "suggestions = coalesce(?, suggestions) WHERE id = ?",
+            (analysis, suggestions, message_id),
+        )
+
+
+def close_without_reply_txn(
+    db: sqlite_utils.Database,
+    work: PendingWork,
+    *,
+    analysis: str | None = None,
+    suggestions: str | None = None,
+) -> None:
     """The message stays stored and visible to people; the AI does not answer it."""
+    annotate_message(db, work.message_id, analysis, suggestions)
     db.conn.execute(
         "UPDATE journal SET state = 'done', done_at = ? WHERE id = ? AND state = 'pending'",
         (now(), work.journal_id),
@@ -213,12 +231,18 @@ def set_conversation_txn(
     return True
 
 
-def handoff_txn(db: sqlite_utils.Database, work: PendingWork, text: str) -> int | None:
-    """The user asked for a person: hand the conversation over and tell them, atomically."""
-    set_conversation_txn(
-        db, work.conversation_id, kind="handoff", actor="contact", reason="asked for a person"
-    )
-    return commit_reply_txn(db, work, text, "notice")
+def handoff_txn(
+    db: sqlite_utils.Database,
+    work: PendingWork,
+    text: str,
+    *,
+    reason: str = "asked for a person",
+    analysis: str | None = None,
+    suggestions: str | None = None,
+) -> int | None:
+    """Hand the conversation to people and tell the user, atomically."""
+    set_conversation_txn(db, work.conversation_id, kind="handoff", actor="ai", reason=reason)
+    return commit_reply_txn(db, work, text, "notice", analysis=analysis, suggestions=suggestions)
 
 
 def set_contact_ai_txn(db: sqlite_utils.Database, contact_id: int, enabled: bool) -> bool:
@@ -256,7 +280,13 @@ def conversations_txn(
 
 
 def commit_reply_txn(
-    db: sqlite_utils.Database, work: PendingWork, text: str, author: str
+    db: sqlite_utils.Database,
+    work: PendingWork,
+    text: str,
+    author: str,
+    *,
+    analysis: str | None = None,
+    suggestions: str | None = None,
 ) -> int | None:
     """Store the reply in the outbox and close the journal entry, in one transaction.
 
@@ -267,6 +297,7 @@ def commit_reply_txn(
     conn = db.conn
     ts = now()
     key = f"reply:{work.journal_id}"
+    annotate_message(db, work.message_id, analysis, suggestions)
     if conn.execute("SELECT 1 FROM outbox WHERE idempotency_key = ?", (key,)).fetchone():
         conn.execute(
             "UPDATE journal SET state = 'done', done_at = coalesce(done_at, ?) WHERE id = ?",

@@ -167,3 +167,11 @@ def m003_add_ai_controls(db: sqlite_utils.Database) -> None:
 from gateway.knowledge import m004_create_knowledge  # noqa: E402
 
 migrations()(m004_create_knowledge)
+
+
+@migrations()
+def m005_add_message_analysis(db: sqlite_utils.Database) -> None:
+    # The local analysis of each inbound message (intent, category, sentiment, urgency: labels
+    # only, JSON) and, while a person has the conversation, suggested replies for them.
+    db.execute("ALTER TABLE messages ADD COLUMN analysis TEXT")
+    db.execute("ALTER TABLE messages ADD COLUMN suggestions TEXT")

@@ -4,6 +4,7 @@ answer; AI can be switched off per conversation and per contact; business hours 
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
@@ -152,3 +153,49 @@ def test_business_hours_validation():
         BusinessHours(open="9am")
     with pytest.raises(ValueError, match="unknown day"):
         BusinessHours(days=["monday", "funday"])
+
+
+ROUTED = CONFIG.replace(
+    'handoff_text = "A colleague will take over."',
+    'handoff_text = "A colleague will take over."\n'
+    'categories = { billing = ["invoice", "refund"], delivery = ["parcel"] }\n'
+    'handoff_categories = ["billing"]',
+)
+
+
+async def test_analysis_is_stored_and_routed_categories_go_to_people(tmp_path, registry):
+    async with open_gateway(ROUTED, registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        await channel.deliver("c1", "u1", "Where is my parcel?")
+        await channel.deliver("c2", "u2", "I was charged twice, I want a refund on this invoice!")
+        await channel.wait_sent(2)
+        await channel.deliver("c2", "u2", "Hello?? This is urgent!!!")
+        await gw.wait_idle()
+        rows = await gw.running.store.read(
+            "a",
+            lambda db: db.conn.execute(
+                "SELECT c.thread_key, m.text, m.analysis, m.suggestions FROM messages m "
+                "JOIN conversations c ON c.id = m.conversation_id "
+                "WHERE m.direction = 'in' ORDER BY m.id"
+            ).fetchall(),
+        )
+    parcel, refund, urgent = rows
+    assert json.loads(parcel[2])["category"] == "delivery" and parcel[3] is None
+    refund_labels = json.loads(refund[2])
+    assert refund_labels["category"] == "billing" and refund_labels["sentiment"] == "negative"
+    assert [o.text for o in channel.sent if o.thread_key == "c2"] == ["A colleague will take over."]
+    assert len(json.loads(urgent[3])) >= 2  # suggested replies for the person in charge
+    assert json.loads(urgent[2])["urgency"] == "high"
+    assert "charged twice" not in refund[2]  # labels only, never the text
+
+
+def test_undefined_handoff_category_is_a_config_error(tmp_path, registry):
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+
+    path = tmp_path / "g.toml"
+    path.write_text(
+        ROUTED.replace('handoff_categories = ["billing"]', 'handoff_categories = ["biling"]')
+    )
+    with pytest.raises(ConfigError, match="biling"):
+        load_config(path, registry, environ={})
