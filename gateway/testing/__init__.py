@@ -3,6 +3,8 @@ real thing on 127.0.0.1 or in-process.
 
 - :mod:`gateway.testing.fake_telegram`: ``FakeTelegramServer`` / ``open_fake_telegram``, the Bot
   API subset the Telegram plugin uses (getUpdates offsets, webhooks, flood control, faults).
+- :mod:`gateway.testing.fake_anthropic`: ``FakeAnthropicServer`` / ``open_fake_anthropic``, the
+  Messages API, with the same scripting as the fake OpenAI server.
 - :mod:`gateway.testing.fake_openai`: ``FakeOpenAIServer`` / ``open_fake_openai``, the chat
   completions API (latency, failures, hangs, hooks).
 - :mod:`gateway.testing.fake_channel`: ``FakeChannel``, an in-process channel plugin.

@@ -13,14 +13,16 @@ through these servers, and hypercorn's stack measured ~1,100 requests/s per core
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import itertools
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import h11
 import trio
@@ -31,6 +33,8 @@ ReplyFunction = Callable[[dict[str, Any]], "str | dict[str, Any]"]
 """Given a request body, return the reply text, or a complete response body (a dict)."""
 
 OnRequest = Callable[["RecordedRequest"], "Awaitable[None] | None"]
+
+ServerT = TypeVar("ServerT", bound="ScriptedModelServer")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class ScriptedModelServer:
 
     base_path = ""
     """What :attr:`base_url` adds to ``http://host:port``."""
+    default_models: tuple[str, ...] = ("fake-model",)
+    """What the models route lists when the constructor is given no ``models``."""
     log = logging.getLogger("gateway.testing")
 
     def __init__(
@@ -72,11 +78,13 @@ class ScriptedModelServer:
         host: str = "127.0.0.1",
         port: int = 0,
         latency: float = 0.0,
+        models: tuple[str, ...] | None = None,
         api_key: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.latency = latency
+        self.models = self.default_models if models is None else models
         self.api_key = api_key
         self.requests: list[dict[str, Any]] = []
         self.received: list[RecordedRequest] = []
@@ -147,7 +155,13 @@ class ScriptedModelServer:
         message: str,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        await send_json(stream, conn, status, self.error_body(message, status), extra_headers)
+        body = self.error_body(message, status)
+        headers = [*self.error_headers(body), *(extra_headers or [])]
+        await send_json(stream, conn, status, body, headers)
+
+    def error_headers(self, body: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+        """Headers an error answer with ``body`` carries besides the content headers (none)."""
+        return []
 
     async def run_script(
         self,
@@ -314,9 +328,7 @@ async def send_json(
     await stream.send_all(data)
 
 
-async def send_events(
-    stream: trio.SocketStream, conn: h11.Connection, events: list[bytes]
-) -> None:
+async def send_events(stream: trio.SocketStream, conn: h11.Connection, events: list[bytes]) -> None:
     """A ``text/event-stream`` response: each of ``events`` (already framed) as one chunk."""
     # No content-length: h11 then uses chunked transfer encoding, as real SSE endpoints do.
     out = conn.send(
@@ -326,3 +338,36 @@ async def send_events(
     for event in events:
         await stream.send_all(conn.send(h11.Data(data=event)))
     await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+@asynccontextmanager
+async def serving(server: ServerT) -> AsyncIterator[ServerT]:
+    """Run ``server`` for the duration of the block; it is serving when the block starts."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        try:
+            yield server
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def run_standalone(cls: type[ScriptedModelServer], argv: list[str] | None = None) -> None:
+    """``python -m MODULE [--port N] [--latency S] [--api-key KEY]``: print the URL, serve."""
+    parser = argparse.ArgumentParser(description=f"{cls.__name__}: a fake API server for tests.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--api-key", default=None, help="require this API key")
+    args = parser.parse_args(argv)
+
+    async def run() -> None:
+        server = cls(host=args.host, port=args.port, latency=args.latency, api_key=args.api_key)
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            # flush: a parent process reads this line to learn the port.
+            print(url, flush=True)
+
+    try:
+        trio.run(run)
+    except KeyboardInterrupt:
+        pass

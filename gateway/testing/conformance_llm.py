@@ -31,7 +31,9 @@ the clock jumps to the call's deadline while the thread runs. The openai SDK doe
 client's first request (it computes platform headers with ``to_thread``).
 
 Ready-made harnesses: :class:`FakeOpenAIHarness` (any provider speaking the OpenAI API, against
-:class:`~gateway.testing.fake_openai.FakeOpenAIServer`) and :class:`FakeProviderHarness`.
+:class:`~gateway.testing.fake_openai.FakeOpenAIServer`), :class:`FakeAnthropicHarness` (any
+provider speaking Anthropic's Messages API, against
+:class:`~gateway.testing.fake_anthropic.FakeAnthropicServer`) and :class:`FakeProviderHarness`.
 """
 
 from __future__ import annotations
@@ -50,12 +52,15 @@ from gateway.errors import ProviderError
 from gateway.messages import ChatMessage, Completion, CompletionRequest
 from gateway.plugin import ProviderConfig
 from gateway.secretref import Secret
+from gateway.testing._http import text_of
 from gateway.testing.context import MemoryProviderContext
+from gateway.testing.fake_anthropic import FakeAnthropicServer, open_fake_anthropic
 from gateway.testing.fake_llm import FakeModel, FakeProvider
 from gateway.testing.fake_openai import FakeOpenAIServer, open_fake_openai
 
 __all__ = [
     "CHECKS",
+    "FakeAnthropicHarness",
     "FakeOpenAIHarness",
     "FakeProviderHarness",
     "ProviderHarness",
@@ -386,6 +391,59 @@ class FakeOpenAIHarness(ProviderHarness):
             [(m["role"], m["content"]) for m in body["messages"]]
             for body in self._server().requests
         ]
+
+    async def wait_received(self, count: int) -> None:
+        await self._server().wait_requests(count)
+
+
+class FakeAnthropicHarness(ProviderHarness):
+    """A provider speaking Anthropic's Messages API, against a :class:`FakeAnthropicServer`.
+
+    ``base_config`` is the provider's table without ``base_url`` (added from the fake); it must
+    include ``plugin`` and whatever the provider requires (``model``, a ``Secret`` key...). The
+    fake requires the key the config holds when the config holds exactly one ``Secret``.
+    Turns sent as content blocks are read back as their texts joined by spaces.
+    """
+
+    def __init__(self, provider_class: type[Any], base_config: dict[str, Any]) -> None:
+        self.provider_class = provider_class
+        self.base_config = base_config
+        self.server: FakeAnthropicServer | None = None
+
+    @contextlib.asynccontextmanager
+    async def _open(self) -> AsyncIterator[FakeAnthropicServer]:
+        secrets = [v.reveal() for v in self.base_config.values() if isinstance(v, Secret)]
+        api_key = secrets[0] if len(secrets) == 1 else None
+        async with open_fake_anthropic(api_key=api_key) as server:
+            self.server = server
+            try:
+                yield server
+            finally:
+                self.server = None
+
+    def open(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return self._open()
+
+    def _server(self) -> FakeAnthropicServer:
+        assert self.server is not None, "use the harness inside 'async with harness.open()'"
+        return self.server
+
+    def config(self, **overrides: Any) -> dict[str, Any]:
+        return {**self.base_config, "base_url": self._server().base_url, **overrides}
+
+    def fail_next(self, status: int, *, retry_after: float | None = None) -> None:
+        self._server().fail_next(1, status=status, retry_after=retry_after)
+
+    def hang_next(self) -> None:
+        self._server().hang_next(1)
+
+    def received(self) -> list[list[Turn]]:
+        conversations = []
+        for body in self._server().requests:
+            turns = [("system", text_of(body["system"]))] if "system" in body else []
+            turns += [(m["role"], text_of(m["content"])) for m in body["messages"]]
+            conversations.append(turns)
+        return conversations
 
     async def wait_received(self, count: int) -> None:
         await self._server().wait_requests(count)
