@@ -21,7 +21,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from gateway.config import AgentConfig, GatewayConfig
+from gateway.config import AgentConfig, GatewayConfig, redactor_for
 from gateway.http.admin import make_admin_app
 from gateway.http.public import make_public_app
 from gateway.keys import DATABASE_FILE, MasterKey, load_master_key
@@ -30,6 +30,7 @@ from gateway.messages import Inbound
 from gateway.metrics import Metrics
 from gateway.pipeline.agent import Agent, ProviderSlot, Transfer
 from gateway.pipeline.core import Pipeline
+from gateway.privacy.redaction import PlaceholderMap
 from gateway.plugin import Accepted, Channel, HistoryItem, LLMProvider
 from gateway.store import Store, open_store
 from gateway.store.journal import PendingWork, get_state_txn, history_txn, set_state_txn
@@ -221,6 +222,8 @@ async def serve(
                         agent,
                         [slots[p] for p in (agent.provider, *agent.failover)],
                         local_only=config.local_only,
+                        redactor=redactor_for(agent),
+                        new_mapping=PlaceholderMap,
                         record=functools.partial(record, agent=name),
                         knowledge=functools.partial(knowledge, agent=name, cfg=agent)
                         if agent.knowledge_dir

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gateway.analysis import AnalysisConfig, Analyzer
 from gateway.errors import ConfigError, PluginError
 from gateway.plugin import ChannelConfig, PluginInfo, ProviderConfig, Registry
+from gateway.privacy.redaction import RedactionRule, Redactor
 from gateway.privacy.residency import LOCAL, ResidencyPolicy
 
 EMBEDDED = "<embedded default>"
@@ -144,6 +145,15 @@ class BusinessHours(_Section):
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
+def redactor_for(agent: AgentConfig) -> Redactor:
+    """The agent's redactor: built-in detectors plus its own patterns and names."""
+    rules = [
+        RedactionRule(name=label.lower(), pattern=pattern, placeholder=label)
+        for label, pattern in agent.redact_patterns.items()
+    ]
+    return Redactor(rules=rules, names=agent.redact_names)
+
+
 def analysis_config(agent: AgentConfig) -> AnalysisConfig:
     """The analyzer's settings for an agent: its categories and its own handoff phrases."""
     return AnalysisConfig(categories=agent.categories, human_phrases={"any": agent.handoff_phrases})
@@ -200,6 +210,15 @@ class AgentConfig(_Section):
     handoff_phrases: list[str] = Field(
         default_factory=list,
         description='More phrases that mean "I want a person" (built-in: en, ru, es, pt).',
+    )
+    redact_patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description="More personal data to redact before providers that may not see it: "
+        'PLACEHOLDER = "regex" (e.g. { ORDER_REF = "ORD-[0-9]{6}" }).',
+    )
+    redact_names: list[str] = Field(
+        default_factory=list,
+        description="Names to redact (names are only found from this list, never guessed).",
     )
     categories: dict[str, list[str]] = Field(
         default_factory=dict,
@@ -398,6 +417,10 @@ class _Validator:
                 Analyzer(analysis_config(agent))
             except ValueError as exc:
                 raise self.error(str(exc), f"agents.{name}", "categories") from None
+            try:
+                redactor_for(agent)
+            except ValueError as exc:
+                raise self.error(str(exc), f"agents.{name}", "redact_patterns") from None
             folder = agent.knowledge_dir
             if folder is not None:
                 folder = folder.expanduser()

@@ -156,3 +156,68 @@ async def test_history_window_in_turns_and_tokens(context):
     assert [m.content[:6] for m in by_tokens.messages] == ["turn 7", "turn 8"]
     tiny = agent([p], Log(), history_tokens=1).request_for(w)
     assert [m.content[:6] for m in tiny.messages] == ["turn 8"]  # the newest message always goes
+
+
+def redacting_agent(chain, log: Log, **config) -> Agent:
+    from gateway.config import redactor_for
+    from gateway.privacy.redaction import PlaceholderMap
+
+    cfg = AgentConfig(**{"provider": chain[0].name, **config})
+    return Agent(
+        "default", cfg, chain, redactor=redactor_for(cfg), new_mapping=PlaceholderMap, record=log
+    )
+
+
+PII = "Call me on +7 912 345-67-89 or mail ivan.petrov@example.ru, card 4111 1111 1111 1111"
+
+
+async def test_provider_that_may_not_see_personal_data_gets_placeholders(context):
+    remote = slot("remote", context, region="US", personal_data=False)
+    remote.provider.reply_with(lambda r: "Sure, I will call <PHONE_1> and write to <EMAIL_1>.")
+    log = Log()
+    text, author = await redacting_agent([remote], log).answer(work(PII))
+    sent = remote.provider.requests[0].messages[-1].content
+    assert "912" not in sent and "example.ru" not in sent and "4111" not in sent
+    assert "<PHONE_1>" in sent and "<EMAIL_1>" in sent and "<CARD_1>" in sent
+    # The reply the user reads has the real values back.
+    assert text == "Sure, I will call +7 912 345-67-89 and write to ivan.petrov@example.ru."
+    assert log.transfers[0].redacted and log.transfers[0].categories == ("message_text",)
+
+
+async def test_policy_keeps_contact_details_home_even_for_a_trusted_provider(context):
+    eu = slot("eu", context, region="EU", personal_data=True)
+    log = Log()
+    policy = ResidencyPolicy(contact_details=["local"])
+    await redacting_agent([eu], log, residency=policy).answer(work(PII))
+    assert "912" not in eu.provider.requests[0].messages[-1].content
+    assert log.transfers[0].redacted
+
+
+async def test_trusted_provider_without_policy_gets_the_text_and_the_log_says_so(context):
+    local = slot("local", context, region="local", personal_data=True)
+    log = Log()
+    await redacting_agent([local], log).answer(work(PII))
+    assert local.provider.requests[0].messages[-1].content == PII
+    (t,) = log.transfers
+    assert not t.redacted and t.categories == ("message_text", "contact_details")
+
+
+async def test_configured_patterns_and_names_are_redacted(context):
+    remote = slot("remote", context, region="US")
+    await redacting_agent(
+        [remote], Log(), redact_patterns={"ORDER_REF": "ORD-[0-9]{6}"}, redact_names=["Ivan Petrov"]
+    ).answer(work("Ivan Petrov here, about ORD-123456"))
+    sent = remote.provider.requests[0].messages[-1].content
+    assert "Ivan" not in sent and "Petrov" not in sent and "ORD-123456" not in sent
+    assert "<ORDER_REF_1>" in sent
+
+
+async def test_without_personal_data_nothing_is_redacted(context):
+    remote = slot("remote", context, region="US")
+    log = Log()
+    await redacting_agent([remote], log).answer(work("Do you ship to Lisbon? Order total 120 EUR"))
+    assert (
+        remote.provider.requests[0].messages[-1].content
+        == "Do you ship to Lisbon? Order total 120 EUR"
+    )
+    assert not log.transfers[0].redacted

@@ -96,3 +96,26 @@ async def test_local_only_without_a_local_provider_is_a_config_error(tmp_path):
     ):
         async with open_gateway(text, registry(), tmp_path, environ={"OPENAI_API_KEY": "sk-x"}):
             pass
+
+
+async def test_remote_server_never_sees_the_phone_number_but_the_user_gets_it_back(tmp_path):
+    async with open_fake_openai() as remote:
+        remote.reply_with(lambda body: "We will call you at <PHONE_1> today.")
+        text = CONFIG.format(local_only="false", failover='"local"', base_url=remote.base_url)
+        async with open_gateway(
+            text, registry(), tmp_path, environ={"OPENAI_API_KEY": "sk-x"}
+        ) as gw:
+            channel: FakeChannel = gw.channel("support")
+            await channel.deliver(
+                "chat", "user", "My number is +44 20 7946 0958, where is my parcel?"
+            )
+            (reply,) = await channel.wait_sent(1)
+            await gw.wait_idle()
+            logged = await gw.running.store.read(
+                "t",
+                lambda db: db.conn.execute("SELECT redacted, categories FROM transfers").fetchall(),
+            )
+    wire = json.dumps(remote.requests)
+    assert "7946" not in wire and "<PHONE_1>" in wire
+    assert reply.text == "We will call you at +44 20 7946 0958 today."
+    assert logged == [(1, '["message_text"]')]
