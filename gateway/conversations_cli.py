@@ -7,6 +7,7 @@ with the daemon's writer. Prints no message content: this is an operator's switc
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from gateway.config import GatewayConfig
@@ -17,6 +18,7 @@ from gateway.store.journal import conversations_txn, set_contact_ai_txn, set_con
 from gateway.store.migrations import migrations
 
 ACTIONS = {
+    "show": "print a conversation's messages with their analysis and suggested replies",
     "handoff": "hand the conversation to people (the AI stays silent)",
     "release": "give the conversation back to the AI",
     "close": "close the conversation",
@@ -62,6 +64,8 @@ def run(config: GatewayConfig, args: argparse.Namespace) -> int:
             return 0
         if args.id is None:
             raise GatewayError(f"`gateway conversations {args.action}` needs an id")
+        if args.action == "show":
+            return _show(db, args.id)
         with db.conn:
             if args.contact:
                 if args.action not in ("ai-off", "ai-on"):
@@ -79,3 +83,38 @@ def run(config: GatewayConfig, args: argparse.Namespace) -> int:
         return 0
     finally:
         db.conn.close()
+
+
+def _show(db: Any, conversation_id: int) -> int:
+    """The conversation as a person taking it over reads it: who said what, the analysis of
+    each message, and the replies suggested for the newest one."""
+    head = db.conn.execute(
+        "SELECT channel, status, ai_enabled FROM conversations WHERE id = ?", (conversation_id,)
+    ).fetchone()
+    if head is None:
+        raise GatewayError(f"no conversation with id {conversation_id}")
+    print(
+        f"conversation {conversation_id} on {head[0]}: {head[1]}, AI {'on' if head[2] else 'off'}"
+    )
+    rows = db.conn.execute(
+        "SELECT direction, author, created_at, text, analysis, suggestions FROM messages "
+        "WHERE conversation_id = ? ORDER BY id",
+        (conversation_id,),
+    ).fetchall()
+    suggestions: list[str] = []
+    for direction, author, created, text, analysis, suggested in rows:
+        who = "user" if direction == "in" else author
+        print(f"[{created[:19]}] {who}: {text}")
+        if analysis:
+            a = json.loads(analysis)
+            print(
+                f"    intent={a['intent']} category={a['category']} sentiment={a['sentiment']} "
+                f"urgency={a['urgency']}" + (" wants a person" if a["wants_human"] else "")
+            )
+        if suggested:
+            suggestions = json.loads(suggested)
+    if suggestions:
+        print("suggested replies:")
+        for n, reply in enumerate(suggestions, 1):
+            print(f"  {n}. {reply}")
+    return 0

@@ -126,5 +126,8 @@ def test_conversations_list_and_release(tmp_path):
     assert released.returncode == 0 and "release done" in released.stdout
     after = gateway("conversations", "--config", str(config), env=env)
     assert "open" in after.stdout and "handoff" not in after.stdout
+    shown = gateway("conversations", "--config", str(config), "show", str(cid), env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "user: secret words" in shown.stdout and "intent=" not in shown.stdout
     missing = gateway("conversations", "--config", str(config), "release", "999", env=env)
     assert missing.returncode == 2 and "no conversation with id 999" in missing.stderr

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from gateway import conversations_cli
 from gateway.config import AgentConfig, BusinessHours
 from gateway.plugin import Registry
 from gateway.store.journal import set_contact_ai_txn, set_conversation_txn
@@ -163,7 +164,7 @@ ROUTED = CONFIG.replace(
 )
 
 
-async def test_analysis_is_stored_and_routed_categories_go_to_people(tmp_path, registry):
+async def test_analysis_is_stored_and_routed_categories_go_to_people(tmp_path, registry, capsys):
     async with open_gateway(ROUTED, registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         await channel.deliver("c1", "u1", "Where is my parcel?")
@@ -179,6 +180,13 @@ async def test_analysis_is_stored_and_routed_categories_go_to_people(tmp_path, r
                 "WHERE m.direction = 'in' ORDER BY m.id"
             ).fetchall(),
         )
+        conversation = (await conversation_status(gw, "c2"))[1]
+        capsys.readouterr()
+        await gw.running.store.read("show", conversations_cli._show, conversation)
+        shown = capsys.readouterr().out
+    # What the person taking over sees (`gateway conversations show`).
+    assert "handoff" in shown and "category=billing sentiment=negative" in shown
+    assert "urgency=high" in shown and "suggested replies:\n  1. " in shown
     parcel, refund, urgent = rows
     assert json.loads(parcel[2])["category"] == "delivery" and parcel[3] is None
     refund_labels = json.loads(refund[2])
