@@ -30,8 +30,8 @@ from gateway.messages import Inbound
 from gateway.metrics import Metrics
 from gateway.pipeline.agent import Agent, ProviderSlot, Transfer
 from gateway.pipeline.core import Pipeline
-from gateway.privacy.redaction import PlaceholderMap
 from gateway.plugin import Accepted, Channel, HistoryItem, LLMProvider
+from gateway.privacy.redaction import PlaceholderMap
 from gateway.store import Store, open_store
 from gateway.store.journal import PendingWork, get_state_txn, history_txn, set_state_txn
 from gateway.store.transfers import record_transfer_txn

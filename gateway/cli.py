@@ -32,6 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("file", nargs="?", metavar="FILE", help="TOML config file (default: embedded)")
     p = sub.add_parser("plugins", help="list the channel and LLM plugins found")
     p.add_argument("--verbose", "-v", action="store_true", help="show each plugin's config keys")
+    p = sub.add_parser("doctor", help="check config, key, database, disk, clock, channels, models")
+    p.add_argument("--config", "-c", metavar="FILE", help="TOML config file")
 
     conversations_cli.add_parser(sub)
 
@@ -42,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_plugins(registry, args.verbose)
         if args.command == "check-config":
             return cmd_check_config(args.file, registry)
+        if args.command == "doctor":
+            from gateway import doctor
+
+            return doctor.run(args.config, registry)
         config = load_config(args.config, registry)
         if args.command == "conversations":
             return conversations_cli.run(config, args)

@@ -210,6 +210,7 @@ class Pipeline:
                     suggestions=suggested,
                 )
                 self.counters["silent"] += 1
+                self.metrics.left_to_people(work.channel)
                 return True
             reason = agent.handoff_reason(analysis, last)
             if reason is not None:
@@ -226,6 +227,7 @@ class Pipeline:
                 )
                 self.counters["handoffs"] += 1
                 if outbox_id is not None:
+                    self.metrics.replied(work.channel, "handoff")
                     self.deliveries.notify(conversation_id)
                 return True
             text, author = await agent.answer(

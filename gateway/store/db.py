@@ -32,6 +32,8 @@ def connect(path: Path, key: bytes, *, readonly: bool = False) -> sqlite_utils.D
         conn = sqlcipher3.connect(str(path), check_same_thread=False, timeout=30.0)
     except sqlcipher3.OperationalError as exc:
         raise StoreError(f"cannot open database {path}: {exc}") from None
+    # A wrong key is reported by us (MasterKeyError below), not by SQLCipher's stderr logging.
+    conn.execute("PRAGMA cipher_log_level = NONE")
     conn.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()

@@ -244,6 +244,44 @@ class OpenAIProvider:
         fix = fixes.get(status, "check the provider's configuration")
         return ProviderError(f"{where}: {fix}", retryable=False)
 
+    async def check(self) -> str:
+        """For ``gateway doctor``: ``GET /models`` within 10 s, no tokens spent.
+
+        Returns a summary; raises ProviderError when the server cannot be reached or refuses
+        the key, UserWarning when it answers but does not list the configured model.
+        """
+        client = self._get_client()
+        try:
+            with trio.move_on_after(10) as deadline:
+                raw = await client.get("/models", cast_to=httpx2.Response)
+        except openai.APIConnectionError as exc:
+            raise ProviderError(
+                f"cannot reach {self._server} ({_cause_name(exc)}): check base_url and that "
+                "the server is running",
+                retryable=True,
+            ) from None
+        except openai.APIStatusError as exc:
+            if exc.status_code == 404:
+                raise UserWarning(
+                    f"{self._server} answers but has no /models to list; model "
+                    f"{self.config.model!r} is not confirmed"
+                ) from None
+            raise self._status_error(exc) from None
+        if deadline.cancelled_caught:
+            raise ProviderError(f"{self._server} did not answer within 10 s", retryable=True)
+        try:
+            data = raw.json().get("data") or []
+            models = sorted(str(m.get("id")) for m in data if isinstance(m, dict))
+        except (ValueError, AttributeError):
+            raise UserWarning(f"{self._server} answered /models with something else") from None
+        if self.config.model not in models:
+            listed = ", ".join(models[:5]) + (" ..." if len(models) > 5 else "")
+            raise UserWarning(
+                f"{self._server} answers, but does not list model {self.config.model!r} "
+                f"(it lists: {listed or 'nothing'}): check model"
+            )
+        return f"{self._server} answers, model {self.config.model!r} available"
+
     async def aclose(self) -> None:
         """Close the SDK's HTTP client. Safe to call twice, and before any call."""
         self._closed = True

@@ -387,6 +387,52 @@ class TelegramChannel:
                     await self._request.shutdown()
         return SendResult(external_id=str(message.message_id))
 
+    async def check(self) -> str:
+        """For ``gateway doctor``: getMe proves the token; in webhook mode getWebhookInfo shows
+        where Telegram posts updates and whether its last delivery failed.
+
+        Returns "bot @username (id N), MODE"; raises PluginError when the token is refused or
+        Telegram cannot be reached, UserWarning when the webhook needs a look.
+        """
+        where = f"[channels.{self.name}]"
+        await self._request.initialize()
+        try:
+            me = await self._bot.get_me()
+            summary = f"bot @{me.username} (id {me.id})"
+            if str(me.id) != self.account:
+                raise PluginError(f"{where} getMe answered {summary}, not the token's bot id")
+            if self.config.mode != "webhook":
+                return f"{summary}, polling"
+            info = await self._bot.get_webhook_info()
+        except telegram.error.InvalidToken as exc:
+            raise PluginError(
+                f"{where} Telegram rejected the bot token ({exc.message}): check the token "
+                "reference; @BotFather shows the current token"
+            ) from exc
+        except telegram.error.TelegramError as exc:
+            raise PluginError(
+                f"{where} {self.config.api_base} did not answer as the Bot API ({exc.message})"
+            ) from exc
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._request.shutdown()
+        expected = (
+            f"{(self.context.public_url or '').rstrip('/')}/webhooks/{quote(self.name, safe='')}"
+        )
+        if info.url != expected:
+            raise UserWarning(
+                f"{summary}: Telegram posts updates to {info.url or 'no webhook'}, not {expected} "
+                "(the gateway registers its URL at start; if it is running, something else "
+                "changed it)"
+            )
+        if info.last_error_message:
+            when = f" at {info.last_error_date:%Y-%m-%d %H:%M} UTC" if info.last_error_date else ""
+            raise UserWarning(
+                f"{summary}: Telegram's last webhook delivery failed{when}: "
+                f"{info.last_error_message} ({info.pending_update_count} updates waiting)"
+            )
+        return f"{summary}, webhook {info.url} ({info.pending_update_count} updates waiting)"
+
     async def aclose(self) -> None:
         """Release both HTTP clients. Safe to call twice; a later ``run``/``send`` re-opens."""
         with trio.CancelScope(shield=True):
