@@ -156,10 +156,17 @@ def redactor_for(agent: AgentConfig) -> Redactor:
 
 def analysis_config(agent: AgentConfig) -> AnalysisConfig:
     """The analyzer's settings for an agent: its categories and its own handoff phrases."""
-    return AnalysisConfig(categories=agent.categories, human_phrases={"any": agent.handoff_phrases})
+    return AnalysisConfig(categories=agent.categories, human_phrases=agent.phrases_by_language())
 
 
 class AgentConfig(_Section):
+    def phrases_by_language(self) -> dict[str, list[str]]:
+        phrases = self.handoff_phrases
+        return dict(phrases) if isinstance(phrases, dict) else {"any": list(phrases)}
+
+    def all_handoff_phrases(self) -> list[str]:
+        return [p for group in self.phrases_by_language().values() for p in group]
+
     provider: str = Field(description="The [providers.NAME] table this agent asks first.")
     failover: list[str] = Field(
         default_factory=list,
@@ -207,9 +214,20 @@ class AgentConfig(_Section):
     disclosure: str | None = Field(
         None, description='A line added under every AI reply, e.g. "(automatic reply by AI)".'
     )
-    handoff_phrases: list[str] = Field(
+    handoff_phrases: list[str] | dict[str, list[str]] = Field(
         default_factory=list,
-        description='More phrases that mean "I want a person" (built-in: en, ru, es, pt).',
+        description='More phrases that mean "I want a person" (built-in: en, ru, es, pt): a '
+        'list, or per language { ru = ["дайте менеджера"], en = ["manager please"] }.',
+    )
+    handoff_when_angry: bool = Field(
+        False, description="Hand over when a message is negative and urgent (the analysis)."
+    )
+    handoff_below_confidence: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Hand over when the analysis is less sure than this of what the user "
+        "wants (0: never).",
     )
     redact_patterns: dict[str, str] = Field(
         default_factory=dict,

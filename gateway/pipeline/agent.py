@@ -177,12 +177,21 @@ class Agent:
             return "asked for a person"
         if analysis.category is not None and analysis.category in self.config.handoff_categories:
             return f"category {analysis.category} goes to people"
+        if (
+            self.config.handoff_when_angry
+            and analysis.sentiment == "negative"
+            and analysis.urgency == "high"
+        ):
+            return "angry and urgent"
+        if analysis.confidence < self.config.handoff_below_confidence:
+            return f"unsure what the user wants (confidence {analysis.confidence:.2f})"
         return None
 
     def wants_human(self, text: str) -> bool:
         """Did the user ask for a person? Built-in phrases (en, ru, es, pt) and the agent's own."""
         folded = " ".join(text.casefold().split())
-        return any(p.casefold() in folded for p in (*HUMAN_PHRASES, *self.config.handoff_phrases))
+        phrases = (*HUMAN_PHRASES, *self.config.all_handoff_phrases())
+        return any(p.casefold() in folded for p in phrases)
 
     def suggestions(self, analysis: Analysis, text: str) -> list[str]:
         """Suggested replies for the person who has the conversation."""

@@ -207,3 +207,41 @@ def test_undefined_handoff_category_is_a_config_error(tmp_path, registry):
     )
     with pytest.raises(ConfigError, match="biling"):
         load_config(path, registry, environ={})
+
+
+ANGRY = CONFIG.replace(
+    'handoff_phrases = ["get me the boss"]',
+    'handoff_phrases = { ru = ["дайте начальника"] }\nhandoff_when_angry = true',
+)
+
+
+async def test_angry_and_urgent_goes_to_a_person_and_phrases_per_language(tmp_path, registry):
+    async with open_gateway(ANGRY, registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        await channel.deliver(
+            "c1", "u1", "This is UNACCEPTABLE, my order is broken and I need it fixed NOW!!!"
+        )
+        await channel.deliver("c2", "u2", "дайте начальника")
+        await channel.deliver("c3", "u3", "What are your opening hours?")
+        await channel.wait_sent(3)
+        texts = {o.thread_key: o.text for o in channel.sent}
+    assert texts["c1"] == texts["c2"] == "A colleague will take over."
+    assert texts["c3"].startswith("echo: ")
+
+
+async def test_restricted_contact_is_never_sent_to_a_model(tmp_path, registry):
+    async with open_gateway(CONFIG, registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        first = await channel.deliver("c1", "u1", "hello")
+        await channel.wait_sent(1)
+        await gw.running.store.write(
+            "restrict",
+            lambda db: db.conn.execute(
+                "UPDATE contacts SET restricted = 1 WHERE id = "
+                "(SELECT contact_id FROM conversations WHERE id = ?)",
+                (first.conversation_id,),
+            ),
+        )
+        await channel.deliver("c1", "u1", "my private question")
+        await gw.wait_idle()
+        assert len(gw.provider().requests) == 1 and len(channel.sent) == 1
