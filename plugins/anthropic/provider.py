@@ -33,10 +33,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import anthropic
 import httpx2
 import trio
 from pydantic import Field, field_validator
@@ -46,6 +45,18 @@ from gateway.messages import ChatMessage, Completion, CompletionRequest
 from gateway.plugin import ProviderConfig, ProviderContext
 from gateway.secretref import Secret
 from plugins.openai.provider import parse_retry_after
+
+if TYPE_CHECKING:
+    import anthropic
+
+
+def _sdk() -> Any:
+    """The anthropic SDK, imported on first use: it costs ~40 MiB of memory, which a gateway
+    that merely has this plugin installed (the registry imports every plugin) should not pay."""
+    import anthropic
+
+    return anthropic
+
 
 __all__ = ["AnthropicProvider", "anthropic_turns"]
 
@@ -125,7 +136,7 @@ class AnthropicProvider:
             raise ProviderError(f"provider {self.name!r} is closed", retryable=False)
         if self._client is None:
             _hide_request_bodies()
-            self._client = anthropic.AsyncAnthropic(
+            self._client = _sdk().AsyncAnthropic(
                 base_url=self.config.base_url,
                 api_key=self.config.api_key.reveal(),
                 max_retries=0,
@@ -161,6 +172,7 @@ class AnthropicProvider:
             params["temperature"] = self.config.temperature
 
         started = time.monotonic()
+        sdk = _sdk()
         try:
             with trio.move_on_after(self.config.timeout) as deadline:
                 # The SDK's own post() rather than messages.create(), as in the OpenAI
@@ -171,16 +183,16 @@ class AnthropicProvider:
                 # the SDK's HTTP client, auth, headers, timeout and error mapping.
                 raw = await client.post("/v1/messages", body=params, cast_to=httpx2.Response)
                 data = _parse_message(raw)
-        except anthropic.APITimeoutError:
+        except sdk.APITimeoutError:
             raise self._timeout() from None
-        except anthropic.APIConnectionError as exc:
+        except sdk.APIConnectionError as exc:
             raise ProviderError(
                 f"cannot reach {self._server} ({_cause_name(exc)}): check base_url and the network",
                 retryable=True,
             ) from None
-        except anthropic.APIStatusError as exc:
+        except sdk.APIStatusError as exc:
             raise self._status_error(exc) from None
-        except anthropic.AnthropicError as exc:
+        except sdk.AnthropicError as exc:
             raise ProviderError(
                 f"{self._server} answered something the Anthropic SDK cannot use "
                 f"({type(exc).__name__})",
