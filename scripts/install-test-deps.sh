@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# System packages the test suite needs beyond pip: headless Chromium and its matching driver for
-# the web chat browser test (tests/plugins/test_webchat_browser.py). Debian's packages, because
-# Selenium Manager and `playwright install` download browsers, which a closed network forbids.
-# Idempotent: does nothing when both are already installed. Needs root (or sudo) otherwise.
+# System packages the test suite needs beyond pip, from Debian's archive:
+#   chromium, chromium-driver  the web chat browser test (tests/plugins/test_webchat_browser.py);
+#                              Debian's, because Selenium Manager and `playwright install`
+#                              download browsers, which a closed network forbids
+#   python3-venv               Debian's python3 with venv: packaging/build-deb.sh builds the .deb's
+#                              virtualenv with the interpreter the target runs (tests/packaging)
+#   systemd                    systemd-analyze verify/security on the packaged unit (no init
+#                              change: installing the package does not make it PID 1)
+# Idempotent and quiet: installs only what is missing. Needs root (or sudo) when something is.
 set -euo pipefail
-if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+browser=() tools=()
+[ -x /usr/bin/chromium ] || browser+=(chromium)
+[ -x /usr/bin/chromedriver ] || browser+=(chromium-driver)
+/usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || tools+=(python3-venv)
+[ -x /usr/bin/systemd-analyze ] || tools+=(systemd)
+missing=("${browser[@]}" "${tools[@]}")
+if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 SUDO=""
@@ -12,11 +23,17 @@ if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then
         SUDO="sudo"
     else
-        echo "install-test-deps: Chromium is missing and installing it needs root: run" >&2
-        echo "  apt-get install -y chromium chromium-driver" >&2
+        echo "install-test-deps: missing ${missing[*]} and installing needs root: run" >&2
+        echo "  apt-get install -y ${missing[*]}" >&2
         exit 1
     fi
 fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+if [ ${#browser[@]} -gt 0 ]; then
+    # With recommends: fonts and GL libraries the headless browser renders with.
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${browser[@]}" >/dev/null
+fi
+if [ ${#tools[@]} -gt 0 ]; then
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${tools[@]}" >/dev/null
+fi
