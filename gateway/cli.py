@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import trio
 
-from gateway import __version__, conversations_cli
+from gateway import __version__, conversations_cli, keys_cli
 from gateway.config import EMBEDDED, GatewayConfig, load_config
 from gateway.errors import GatewayError
 from gateway.keys import DATABASE_FILE, key_banner, load_master_key
@@ -36,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", "-c", metavar="FILE", help="TOML config file")
 
     conversations_cli.add_parser(sub)
+    keys_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
     registry = load_registry()
@@ -51,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, registry)
         if args.command == "conversations":
             return conversations_cli.run(config, args)
+        if args.command == "keys":
+            return keys_cli.run(config, args)
         if args.command == "init":
             return cmd_init(config)
         return cmd_run(config)
