@@ -44,7 +44,7 @@ from gateway.errors import ProviderError
 from gateway.messages import ChatMessage, Completion, CompletionRequest
 from gateway.plugin import ProviderConfig, ProviderContext
 from gateway.secretref import Secret
-from plugins.openai.provider import parse_retry_after
+from plugins.openai.provider import status_error
 
 if TYPE_CHECKING:
     import anthropic
@@ -253,24 +253,10 @@ class AnthropicProvider:
     def _status_error(self, exc: anthropic.APIStatusError) -> ProviderError:
         status = exc.status_code
         where = f"{self._server} answered HTTP {status}{_error_detail(exc)}"
-        if status == 429:
-            return ProviderError(
-                f"{where}: rate limited for model {self.config.model!r}",
-                retryable=True,
-                retry_after=parse_retry_after(exc.response.headers),
-            )
-        if status == 529:
-            return ProviderError(
-                f"{where}: Anthropic is overloaded",
-                retryable=True,
-                retry_after=parse_retry_after(exc.response.headers),
-            )
-        if status >= 500 or status in (408, 409):
-            return ProviderError(
-                f"{where}: server-side failure",
-                retryable=True,
-                retry_after=parse_retry_after(exc.response.headers),
-            )
+        retryable = {
+            429: f"rate limited for model {self.config.model!r}",
+            529: "Anthropic is overloaded",
+        }
         fixes = {
             400: f"the API rejected the request: check model {self.config.model!r}, "
             "temperature (0 to 1) and max_tokens",
@@ -282,8 +268,7 @@ class AnthropicProvider:
             "base_url (the API root, without /v1)",
             413: "the request is too large: send fewer history turns",
         }
-        fix = fixes.get(status, "check the provider's configuration")
-        return ProviderError(f"{where}: {fix}", retryable=False)
+        return status_error(where, status, exc.response.headers, fixes, retryable)
 
     async def aclose(self) -> None:
         """Close the SDK's HTTP client. Safe to call twice, and before any call."""

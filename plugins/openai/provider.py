@@ -24,6 +24,7 @@ import email.utils
 import re
 import time
 import types
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -217,18 +218,7 @@ class OpenAIProvider:
         status = exc.status_code
         detail = _error_detail(exc.body)
         where = f"{self._server} answered HTTP {status}{detail}"
-        if status == 429:
-            return ProviderError(
-                f"{where}: rate limited or out of quota for model {self.config.model!r}",
-                retryable=True,
-                retry_after=parse_retry_after(exc.response.headers),
-            )
-        if status >= 500 or status in (408, 409):
-            return ProviderError(
-                f"{where}: server-side failure",
-                retryable=True,
-                retry_after=parse_retry_after(exc.response.headers),
-            )
+        retryable = {429: f"rate limited or out of quota for model {self.config.model!r}"}
         fixes = {
             400: f"the server rejected the request: check model {self.config.model!r}, "
             "temperature and max_tokens for this server",
@@ -241,8 +231,7 @@ class OpenAIProvider:
             422: f"the server rejected the request: check model {self.config.model!r}, "
             "temperature and max_tokens for this server",
         }
-        fix = fixes.get(status, "check the provider's configuration")
-        return ProviderError(f"{where}: {fix}", retryable=False)
+        return status_error(where, status, exc.response.headers, fixes, retryable)
 
     async def check(self) -> str:
         """For ``gateway doctor``: ``GET /models`` within 10 s, no tokens spent.
@@ -307,6 +296,27 @@ def _error_detail(body: object) -> str:
         if isinstance(body.get(key), str) and _IDENTIFIER.match(body[key])
     ]
     return f" ({', '.join(parts)})" if parts else ""
+
+
+def status_error(
+    where: str,
+    status: int,
+    headers: Any,
+    fixes: Mapping[int, str],
+    retryable: Mapping[int, str],
+) -> ProviderError:
+    """A model API's HTTP error as a ProviderError (shared by the OpenAI and Anthropic plugins).
+
+    408, 409, 429, the statuses in ``retryable`` and every 5xx are worth another try, after the
+    server's retry-after if it sent one; any other status is final and says what to fix.
+    """
+    if status in retryable or status >= 500 or status in (408, 409, 429):
+        text = retryable.get(status, "server-side failure")
+        return ProviderError(
+            f"{where}: {text}", retryable=True, retry_after=parse_retry_after(headers)
+        )
+    fix = fixes.get(status, "check the provider's configuration")
+    return ProviderError(f"{where}: {fix}", retryable=False)
 
 
 def parse_retry_after(headers: Any) -> float | None:
