@@ -28,6 +28,7 @@ from gateway.keys import DATABASE_FILE, MasterKey, load_master_key
 from gateway.knowledge import format_snippets, load_chunks, search_knowledge_txn, sync_knowledge_txn
 from gateway.messages import Inbound
 from gateway.metrics import Metrics
+from gateway.outbound import AllowlistResolver
 from gateway.pipeline.agent import Agent, ProviderSlot, Transfer
 from gateway.pipeline.core import Pipeline
 from gateway.plugin import Accepted, Channel, HistoryItem, LLMProvider
@@ -179,6 +180,23 @@ async def serve(
     data_dir: Path = config.data_dir
     master = load_master_key(data_dir, reference=config.gateway.master_key, environ=environ)
     log.info("master key: %s", master.source)
+    resolver = AllowlistResolver(config.outbound_hosts())
+    previous = trio.socket.set_custom_hostname_resolver(resolver)
+    log.info("outbound hosts allowed: %s", ", ".join(sorted(resolver.allowed)))
+    try:
+        await _serve_with_store(config, stop, environ, master, task_status)
+    finally:
+        trio.socket.set_custom_hostname_resolver(previous)
+
+
+async def _serve_with_store(
+    config: GatewayConfig,
+    stop: trio.Event,
+    environ: Mapping[str, str] | None,
+    master: MasterKey,
+    task_status: trio.TaskStatus[Running],
+) -> None:
+    data_dir = config.data_dir
     grace = config.gateway.shutdown_grace
     providers: dict[str, LLMProvider] = {}
     async with open_store(data_dir / DATABASE_FILE, master.derive("sqlcipher")) as store:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.analysis import AnalysisConfig, Analyzer
 from gateway.errors import ConfigError, PluginError
-from gateway.plugin import ChannelConfig, PluginInfo, ProviderConfig, Registry
+from gateway.plugin import ChannelConfig, PluginConfig, PluginInfo, ProviderConfig, Registry
 from gateway.privacy.redaction import RedactionRule, Redactor
 from gateway.privacy.residency import LOCAL, ResidencyPolicy
 
@@ -61,6 +61,11 @@ class GatewaySection(_Section):
         '{ "gateway.channel.support_bot" = "DEBUG", "gateway.agent" = "WARNING" }.',
     )
     workers: int = Field(64, ge=1, description="Conversations answered at the same time.")
+    outbound_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts the daemon may connect to besides those named by URLs in this config "
+        '(e.g. ["proxy.internal", "*.example.com"]); any other name is refused.',
+    )
 
     @field_validator("log_level")
     @classmethod
@@ -297,6 +302,15 @@ class GatewayConfig:
     @property
     def data_dir(self) -> Path:
         return self.gateway.data_dir
+
+    def outbound_hosts(self) -> set[str]:
+        """Every host the config names by URL (defaults included), plus ``outbound_hosts``."""
+        from gateway.outbound import hosts_in
+
+        models: list[PluginConfig] = [c.config for c in self.channels.values()]
+        models += [p.config for p in self.providers.values()]
+        hosts = hosts_in(m.model_dump() for m in models)
+        return hosts | set(self.gateway.outbound_hosts)
 
 
 TOP_LEVEL: dict[str, type[BaseModel]] = {"gateway": GatewaySection, "http": HttpSection}
