@@ -13,6 +13,7 @@ through these servers, and hypercorn's stack measured ~1,100 requests/s per core
 
 from __future__ import annotations
 
+import abc
 import argparse
 import inspect
 import itertools
@@ -58,7 +59,7 @@ class Failure:
     message: str = "simulated failure"
 
 
-class ScriptedModelServer:
+class ScriptedModelServer(abc.ABC):
     """Base of the fake model API servers: serving, recording and scripting. Subclass and override.
 
     A subclass sets ``base_path`` and ``log``, and implements :meth:`route` (answer one request)
@@ -139,13 +140,15 @@ class ScriptedModelServer:
 
     # -- for subclasses --------------------------------------------------------------------
 
+    @abc.abstractmethod
     async def route(
         self, stream: trio.SocketStream, conn: h11.Connection, request: RecordedRequest
     ) -> None:
-        raise NotImplementedError
+        """Answer one recorded request (the API's routes)."""
 
+    @abc.abstractmethod
     def error_body(self, message: str, status: int) -> dict[str, Any]:
-        raise NotImplementedError
+        """The API's error document for a scripted failure."""
 
     async def send_error(
         self,
