@@ -29,7 +29,7 @@ class MemoryChannelContext:
         public_url: str | None = None,
     ) -> None:
         self.name = name
-        self.http = http if http is not None else httpx.AsyncClient()
+        self._http = http
         self.public_url = public_url
         self.log = logging.getLogger(f"gateway.channel.{name}")
         self.inbound: list[Inbound] = []
@@ -42,6 +42,14 @@ class MemoryChannelContext:
         self._accepted_at: list[str] = []
         self._threads: dict[str, int] = {}
         self._changed = trio.Condition()
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """Made on first use: building a client's TLS context costs ~30 ms, and most plugin
+        tests never touch it."""
+        if self._http is None:
+            self._http = httpx.AsyncClient()
+        return self._http
 
     async def accept(self, inbound: Inbound) -> Accepted:
         return (await self.accept_many([inbound]))[0]
@@ -101,7 +109,8 @@ class MemoryChannelContext:
         return items[-limit:]
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
 
 @dataclasses.dataclass
