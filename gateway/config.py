@@ -169,9 +169,6 @@ class AgentConfig(_Section):
         phrases = self.handoff_phrases
         return dict(phrases) if isinstance(phrases, dict) else {"any": list(phrases)}
 
-    def all_handoff_phrases(self) -> list[str]:
-        return [p for group in self.phrases_by_language().values() for p in group]
-
     provider: str = Field(description="The [providers.NAME] table this agent asks first.")
     failover: list[str] = Field(
         default_factory=list,

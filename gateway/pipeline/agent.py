@@ -33,36 +33,6 @@ log = logging.getLogger("gateway.agent")
 # The redactor's categories, as the residency policy names them.
 _POLICY_CATEGORY = {"name": "contact_names"}
 
-# "I want a person", in the languages the product serves; agents add their own phrases.
-HUMAN_PHRASES = (
-    "talk to a human",
-    "speak to a human",
-    "real person",
-    "talk to a person",
-    "speak to a person",
-    "human agent",
-    "live agent",
-    "talk to an agent",
-    "speak to an agent",
-    "operator please",
-    "customer service representative",
-    "живой человек",
-    "живым человеком",
-    "оператор",
-    "позовите менеджера",
-    "соедините с менеджером",
-    "позовите человека",
-    "хочу поговорить с человеком",
-    "hablar con una persona",
-    "hablar con un agente",
-    "persona real",
-    "agente humano",
-    "falar com um atendente",
-    "falar com uma pessoa",
-    "atendente humano",
-    "pessoa real",
-)
-
 
 class Redacting(Protocol):
     """What the agent needs of gateway.privacy.redaction.Redactor."""
@@ -169,11 +139,11 @@ class Agent:
         earlier = [t.text for t in work.history[:-1] if t.direction == "in"]
         return self.analyzer.analyze(work.history[-1].text if work.history else "", history=earlier)
 
-    def handoff_reason(self, analysis: Analysis, text: str) -> str | None:
+    def handoff_reason(self, analysis: Analysis) -> str | None:
         """Why this message should go to a person, or None: the user asked for one (the
-        analyzer's lexicon, the built-in phrases or the agent's own), or its category is routed
-        to people."""
-        if analysis.wants_human or self.wants_human(text):
+        analyzer's built-in lexicon in en/ru/es/pt, or the agent's own phrases), its category
+        is routed to people, or (opt-in) it is angry and urgent or hard to read."""
+        if analysis.wants_human:
             return "asked for a person"
         if analysis.category is not None and analysis.category in self.config.handoff_categories:
             return f"category {analysis.category} goes to people"
@@ -186,12 +156,6 @@ class Agent:
         if analysis.confidence < self.config.handoff_below_confidence:
             return f"unsure what the user wants (confidence {analysis.confidence:.2f})"
         return None
-
-    def wants_human(self, text: str) -> bool:
-        """Did the user ask for a person? Built-in phrases (en, ru, es, pt) and the agent's own."""
-        folded = " ".join(text.casefold().split())
-        phrases = (*HUMAN_PHRASES, *self.config.all_handoff_phrases())
-        return any(p.casefold() in folded for p in phrases)
 
     def suggestions(self, analysis: Analysis, text: str) -> list[str]:
         """Suggested replies for the person who has the conversation."""

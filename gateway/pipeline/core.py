@@ -215,7 +215,7 @@ class Pipeline:
                 self.counters["silent"] += 1
                 self.metrics.left_to_people(work.channel)
                 return True
-            reason = agent.handoff_reason(analysis, last)
+            reason = agent.handoff_reason(analysis)
             if reason is not None:
                 text = agent.handoff_text(dt.datetime.now(dt.UTC))
                 suggested = json.dumps(agent.suggestions(analysis, last), ensure_ascii=False)
