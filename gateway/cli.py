@@ -109,6 +109,19 @@ def cmd_init(config: GatewayConfig) -> int:
     return 0
 
 
+def _check_reload(config: GatewayConfig, log: logging.Logger) -> None:
+    path = None if config.source == EMBEDDED else config.source
+    try:
+        load_config(path, load_registry())
+    except GatewayError as exc:
+        log.error("SIGHUP: the config on disk is NOT valid; still running the old one: %s", exc)
+        return
+    log.warning(
+        "SIGHUP: the config on disk is valid, but live reload is not supported yet: restart the "
+        "gateway to apply it (systemctl restart sovereign-gateway; SIGTERM drains first)"
+    )
+
+
 def cmd_run(config: GatewayConfig) -> int:
     setup_logging(config)
     log = logging.getLogger("gateway")
@@ -116,11 +129,17 @@ def cmd_run(config: GatewayConfig) -> int:
 
     async def _main() -> None:
         stop = trio.Event()
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def _watch() -> None:
                     async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            # Python's default for SIGHUP is to die without draining. Live
+                            # reload is not built yet: say whether the file on disk is valid, so
+                            # the restart that applies it will not fail.
+                            await trio.to_thread.run_sync(_check_reload, config, log)
+                            continue
                         if stop.is_set():
                             log.warning("second %s: stopping now", signal.Signals(signum).name)
                             nursery.cancel_scope.cancel()

@@ -34,6 +34,7 @@ class DaemonProcess:
         self.ready = trio.Event()
         self.exited = trio.Event()
         self.output = bytearray()
+        self._grew = trio.Condition()
 
     @property
     def pid(self) -> int:
@@ -50,6 +51,15 @@ class DaemonProcess:
 
     async def wait(self) -> int:
         return await self.process.wait()
+
+    async def wait_for_output(self, text: str) -> None:
+        """Wait until the process has printed ``text`` (or raise if it exits first)."""
+        wanted = text.encode()
+        async with self._grew:
+            while wanted not in self.output:
+                if self.exited.is_set():
+                    raise RuntimeError(f"the gateway exited before printing {text!r}")
+                await self._grew.wait()
 
     def text(self) -> str:
         return self.output.decode(errors="replace")
@@ -73,7 +83,11 @@ class DaemonProcess:
                 self.output += chunk
                 if not self.ready.is_set() and READY_MARK in self.output:
                     self.ready.set()
+                async with self._grew:
+                    self._grew.notify_all()
         self.exited.set()
+        async with self._grew:
+            self._grew.notify_all()
 
 
 @contextlib.asynccontextmanager
