@@ -38,6 +38,7 @@ provider speaking Anthropic's Messages API, against
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import ssl
@@ -71,7 +72,7 @@ Turn = tuple[str, str]
 """(role, content) of one message as the server received it; the system prompt is "system"."""
 
 
-class ProviderHarness:
+class ProviderHarness(abc.ABC):
     """How the suite builds one provider and scripts its fake. Subclass and override.
 
     Must override: ``provider_class``, :meth:`config`; unless ``offline``, also
@@ -84,13 +85,20 @@ class ProviderHarness:
     hang_timeout: float = 5.0
     """The ``timeout`` the hang check configures (virtual seconds under an autojump clock)."""
 
+    def _online_only(self, hook: str) -> TypeError:
+        # Only the checks that script a fake server call these; an offline harness never does.
+        return TypeError(
+            f"{type(self).__name__} must define {hook}() for the checks that script a fake "
+            "server, or set offline = True"
+        )
+
     def open(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """Start the fake for the duration of the suite (default: nothing to start)."""
         return contextlib.nullcontext()
 
+    @abc.abstractmethod
     def config(self, **overrides: Any) -> dict[str, Any]:
         """The raw ``[providers.NAME]`` table (with ``plugin``), updated with ``overrides``."""
-        raise NotImplementedError
 
     def context(self) -> MemoryProviderContext:
         """A fresh context per provider; its ``http`` client is closed by the suite."""
@@ -118,19 +126,19 @@ class ProviderHarness:
 
     def fail_next(self, status: int, *, retry_after: float | None = None) -> None:
         """Make the fake answer the next request with HTTP ``status`` (and ``retry-after``)."""
-        raise NotImplementedError
+        raise self._online_only("fail_next")
 
     def hang_next(self) -> None:
         """Make the fake never answer the next request."""
-        raise NotImplementedError
+        raise self._online_only("hang_next")
 
     def received(self) -> list[list[Turn]]:
         """Every conversation the fake received, oldest first, system prompt first."""
-        raise NotImplementedError
+        raise self._online_only("received")
 
     async def wait_received(self, count: int) -> None:
         """Wait until the fake has received ``count`` requests."""
-        raise NotImplementedError
+        raise self._online_only("wait_received")
 
 
 @functools.cache

@@ -44,7 +44,7 @@ from gateway.errors import ProviderError
 from gateway.messages import ChatMessage, Completion, CompletionRequest
 from gateway.plugin import ProviderConfig, ProviderContext
 from gateway.secretref import Secret
-from plugins.openai.provider import status_error
+from plugins.openai.provider import cause_name, status_error
 
 if TYPE_CHECKING:
     import anthropic
@@ -187,7 +187,7 @@ class AnthropicProvider:
             raise self._timeout() from None
         except sdk.APIConnectionError as exc:
             raise ProviderError(
-                f"cannot reach {self._server} ({_cause_name(exc)}): check base_url and the network",
+                f"cannot reach {self._server} ({cause_name(exc)}): check base_url and the network",
                 retryable=True,
             ) from None
         except sdk.APIStatusError as exc:
@@ -342,11 +342,6 @@ def _error_detail(exc: anthropic.APIStatusError) -> str:
     if isinstance(request_id, str) and request_id.replace("_", "").isalnum():
         parts.append(f"request_id={request_id[:80]}")
     return f" ({', '.join(parts)})" if parts else ""
-
-
-def _cause_name(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    return type(cause).__name__ if cause is not None else type(exc).__name__
 
 
 def _int_or_none(value: Any) -> int | None:

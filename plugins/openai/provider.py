@@ -160,7 +160,7 @@ class OpenAIProvider:
             raise self._timeout() from None
         except sdk.APIConnectionError as exc:
             raise ProviderError(
-                f"cannot reach {self._server} ({_cause_name(exc)}): check base_url and that "
+                f"cannot reach {self._server} ({cause_name(exc)}): check base_url and that "
                 "the server is running",
                 retryable=True,
             ) from None
@@ -258,7 +258,7 @@ class OpenAIProvider:
                 raw = await client.get("/models", cast_to=httpx2.Response)
         except sdk.APIConnectionError as exc:
             raise ProviderError(
-                f"cannot reach {self._server} ({_cause_name(exc)}): check base_url and that "
+                f"cannot reach {self._server} ({cause_name(exc)}): check base_url and that "
                 "the server is running",
                 retryable=True,
             ) from None
@@ -292,7 +292,8 @@ class OpenAIProvider:
             await client.close()
 
 
-def _cause_name(exc: BaseException) -> str:
+def cause_name(exc: BaseException) -> str:
+    """The low-level error behind an SDK's connection error (ConnectError, ReadTimeout...)."""
     cause = exc.__cause__ or exc.__context__
     return type(cause).__name__ if cause is not None else type(exc).__name__
 
