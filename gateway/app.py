@@ -11,10 +11,12 @@ journal and outbox and resumes at the next start.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import hypercorn.config
@@ -26,7 +28,7 @@ from gateway.http.admin import make_admin_app
 from gateway.http.public import make_public_app
 from gateway.keys import DATABASE_FILE, MasterKey, load_master_key
 from gateway.knowledge import format_snippets, load_chunks, search_knowledge_txn, sync_knowledge_txn
-from gateway.messages import Inbound
+from gateway.messages import Event, Inbound
 from gateway.metrics import Metrics
 from gateway.outbound import AllowlistResolver
 from gateway.pipeline.agent import Agent, ProviderSlot, Transfer
@@ -35,6 +37,7 @@ from gateway.plugin import Accepted, Channel, HistoryItem, LLMProvider
 from gateway.privacy.redaction import PlaceholderMap
 from gateway.store import Store, open_store
 from gateway.store.journal import PendingWork, get_state_txn, history_txn, set_state_txn
+from gateway.store.records import record_event_txn, update_delivery_txn
 from gateway.store.transfers import record_transfer_txn
 
 log = logging.getLogger("gateway")
@@ -93,6 +96,35 @@ class CoreChannelContext:
             HistoryItem(message_id, "in" if direction == "in" else "out", text, created, external)
             for message_id, direction, text, created, external in rows
         ]
+
+    async def update_delivery(
+        self,
+        external_id: str,
+        status: Literal["sent", "delivered", "read", "failed"],
+        *,
+        at: dt.datetime | None = None,
+        detail: str | None = None,
+    ) -> bool:
+        known: bool = await self._store.write(
+            "delivery status",
+            update_delivery_txn,
+            self.name,
+            external_id,
+            status,
+            at.isoformat() if at else None,
+            detail,
+        )
+        if known:
+            self._pipeline.metrics.platform_status(self.name, status)
+        return known
+
+    async def record_event(self, event: Event) -> int:
+        slot = self._pipeline.channels.get(self.name)
+        agent = slot.config.agent if slot else "default"
+        event_id: int = await self._store.write(
+            "channel event", record_event_txn, self.name, agent, event, self._store.sealer
+        )
+        return event_id
 
 
 @dataclasses.dataclass(frozen=True)

@@ -73,6 +73,36 @@ class Outbound:
     attachments: tuple[Attachment, ...] = ()
     message_id: int | None = None
     """The stored message this sends (``HistoryItem.message_id`` of the same message)."""
+    author: str = "ai"
+    """Who wrote it: 'ai', 'fallback', 'notice' (the gateway), 'human' (an operator). Platforms
+    with a human-agent allowance (Messenger's HUMAN_AGENT tag) use it for 'human' only."""
+    purpose: Literal["reply", "transactional", "notification"] = "reply"
+    """'reply' answers the contact's message; 'transactional' confirms what they asked for (an
+    opt-out); 'notification' is initiated by us (refused to a contact who opted out)."""
+    last_inbound_at: dt.datetime | None = None
+    """When the contact last wrote in this thread (None: never), for platforms that only allow
+    free-form messages within a window after it (WhatsApp, Messenger: 24 hours)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened in a thread that is not a text message: a call, a voicemail.
+
+    Stored as a conversation event (``ChannelContext.record_event``). ``event_key`` is the
+    platform's id for it: callbacks that repeat or update the same event (a call ringing, then
+    completed) merge their ``detail`` into one row. ``attachments`` (a recording) are sealed and
+    kept under retention ``category``.
+    """
+
+    account: str
+    thread_key: str
+    sender_id: str
+    kind: str
+    event_key: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    sender_name: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    category: str = "attachments"
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,19 @@ class Metrics:
             ["channel", "outcome"],
             registry=registry,
         )
+        self.consents = Counter(
+            "gateway_consent_keywords",
+            "Opt-out (withdrawn) and re-subscribe (granted) keywords recorded in the consent "
+            "ledger.",
+            ["channel", "state"],
+            registry=registry,
+        )
+        self.platform_statuses = Counter(
+            "gateway_platform_statuses",
+            "Delivery status callbacks from platforms (delivered, read, failed...).",
+            ["channel", "status"],
+            registry=registry,
+        )
         self.unanswered = Counter(
             "gateway_messages_left_to_people",
             "Inbound messages the AI did not answer because a person has the conversation "
@@ -151,6 +164,12 @@ class Metrics:
 
     def left_to_people(self, channel: str) -> None:
         self.unanswered.labels(channel).inc()
+
+    def consent(self, channel: str, state: str) -> None:
+        self.consents.labels(channel, state).inc()
+
+    def platform_status(self, channel: str, status: str) -> None:
+        self.platform_statuses.labels(channel, status).inc()
 
     def send(self, channel: str, outcome: str) -> None:
         self.sends.labels(channel, outcome).inc()

@@ -41,6 +41,7 @@ closed with ``aclose`` (the core calls it once; a provider must tolerate a secon
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import importlib.metadata
 import logging
 import os
@@ -52,7 +53,14 @@ import trio
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.errors import PluginError
-from gateway.messages import Completion, CompletionRequest, Inbound, Outbound, SendResult
+from gateway.messages import (
+    Completion,
+    CompletionRequest,
+    Event,
+    Inbound,
+    Outbound,
+    SendResult,
+)
 from gateway.privacy.residency import ResidencyPolicy
 
 if TYPE_CHECKING:
@@ -115,6 +123,28 @@ class ChannelConfig(PluginConfig):
         None,
         description="Which provider regions may receive this channel's data, per category "
         '(e.g. { contact_details = ["local"] }); applies on top of the agent\'s policy.',
+    )
+    opt_out_keywords: list[str] | dict[str, list[str]] = Field(
+        default_factory=list,
+        description="More whole-message words that unsubscribe (built in: STOP, UNSUBSCRIBE, "
+        "/stop, /unsubscribe, СТОП, ОТПИСАТЬСЯ, BAJA, PARAR...): a list, or per language "
+        '{ ru = ["хватит"] }. Recorded in the consent ledger; no notification goes out after.',
+    )
+    opt_in_keywords: list[str] | dict[str, list[str]] = Field(
+        default_factory=list,
+        description="More words that subscribe again after an opt-out (built in: START, "
+        "UNSTOP, /start, СТАРТ...).",
+    )
+    opt_out_reply: str = Field(
+        "You are unsubscribed and will get no more messages from us. Send START to subscribe "
+        "again.",
+        description="The confirmation sent for an opt-out word (empty: none, e.g. where the "
+        "platform itself confirms, as Twilio does for STOP).",
+    )
+    opt_in_reply: str = Field(
+        "You are subscribed again.",
+        description="The confirmation sent when an opted-out contact subscribes again "
+        "(empty: none).",
     )
 
 
@@ -193,6 +223,24 @@ class ChannelContext(Protocol):
 
     async def history(self, thread_key: str, *, limit: int = 50) -> list[HistoryItem]:
         """The last ``limit`` messages of a thread of this channel, oldest first."""
+        ...
+
+    async def update_delivery(
+        self,
+        external_id: str,
+        status: Literal["sent", "delivered", "read", "failed"],
+        *,
+        at: dt.datetime | None = None,
+        detail: str | None = None,
+    ) -> bool:
+        """Record the platform's status callback for a message we sent (``SendResult``'s
+        ``external_id``). Repeats and out-of-order statuses are harmless. Returns False if no
+        sent message of this channel has that id (the platform may report others' messages)."""
+        ...
+
+    async def record_event(self, event: Event) -> int:
+        """Store a non-message event (a call, a voicemail) in its thread; commit before
+        acknowledging, as with ``accept``. Returns the event's id."""
         ...
 
 

@@ -27,12 +27,14 @@ from gateway.logs import log_context
 from gateway.messages import Inbound, Outbound
 from gateway.metrics import Metrics
 from gateway.pipeline.agent import Agent
+from gateway.pipeline.consent import Keywords
 from gateway.pipeline.lanes import Lanes
 from gateway.pipeline.ratelimit import SendLimiter
 from gateway.plugin import Accepted, Channel, ChannelConfig
 from gateway.store import Store
 from gateway.store.journal import (
     Intake,
+    PendingWork,
     accept_txn,
     close_without_reply_txn,
     commit_reply_txn,
@@ -45,9 +47,11 @@ from gateway.store.outbox import (
     mark_sending_txn,
     next_outbox_txn,
     open_conversations_txn,
+    queue_notification_txn,
     record_attempt_txn,
     recover_outbox_txn,
 )
+from gateway.store.records import consent_changed_by_txn
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -65,6 +69,7 @@ class ChannelSlot:
     config: ChannelConfig
     plugin: Channel | None = None
     limiter: SendLimiter | None = None
+    keywords: Keywords = dataclasses.field(default_factory=Keywords)
 
 
 class Pipeline:
@@ -107,6 +112,7 @@ class Pipeline:
             config,
             plugin,
             SendLimiter(config.send_rate, config.send_rate_per_chat, config.send_burst_per_chat),
+            Keywords(config.opt_out_keywords, config.opt_in_keywords),
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -157,9 +163,18 @@ class Pipeline:
                     "thread_key/sender_id (a plugin bug)"
                 )
         items = [
-            Intake(self.dedupe_key(channel, m), channel, slot.config.agent, m) for m in inbounds
+            Intake(
+                self.dedupe_key(channel, m),
+                channel,
+                slot.config.agent,
+                m,
+                slot.keywords.match(m.text),
+            )
+            for m in inbounds
         ]
-        accepted: list[Accepted] = await self.store.write("accept inbound", accept_txn, items)
+        accepted: list[Accepted] = await self.store.write(
+            "accept inbound", accept_txn, items, self.store.sealer
+        )
         for result in accepted:
             self.metrics.received(channel, duplicate=result.duplicate)
             if result.duplicate:
@@ -194,6 +209,8 @@ class Pipeline:
                 )
                 return False
             last = work.history[-1].text if work.history else ""
+            if slot is not None and await self._consent_keyword(slot, work, last):
+                return True
             analysis = agent.analyze(work)
             labels = analysis.to_json()
             if work.status != "open" or not work.ai_allowed:
@@ -247,6 +264,44 @@ class Pipeline:
             self.deliveries.notify(conversation_id)
         return True
 
+    async def _consent_keyword(self, slot: ChannelSlot, work: PendingWork, text: str) -> bool:
+        """An opt-out or re-subscribe message gets its confirmation, not an AI answer.
+
+        accept_txn already recorded it in the consent ledger. Returns True if handled.
+        """
+        kind = slot.keywords.match(text)
+        if kind is None:
+            return False
+        if kind == "granted":
+            changed = await self.store.write(
+                "consent of message", consent_changed_by_txn, work.message_id
+            )
+            if changed != "granted":
+                return False  # a first /start: no consent event, the agent answers as usual
+        reply = slot.config.opt_out_reply if kind == "withdrawn" else slot.config.opt_in_reply
+        self.metrics.consent(work.channel, kind)
+        if not reply:
+            await self.store.write("close without reply", close_without_reply_txn, work)
+            return True
+        outbox_id = await self.store.write(
+            "consent confirmation", commit_reply_txn, work, reply, "notice", purpose="transactional"
+        )
+        if outbox_id is not None:
+            self.deliveries.notify(work.conversation_id)
+        return True
+
+    async def send_notification(
+        self, channel: str, account: str, thread_key: str, text: str, *, key: str
+    ) -> int:
+        """Queue a message we initiate (an operator's or a developer's notification) to an
+        existing thread. Raises OptedOut if the contact unsubscribed, LookupError if there is
+        no such thread. ``key`` makes a retried request harmless. Returns the outbox id."""
+        outbox_id, conversation_id, _again = await self.store.write(
+            "queue notification", queue_notification_txn, channel, account, thread_key, text, key
+        )
+        self.deliveries.notify(conversation_id)
+        return outbox_id
+
     # 3. deliver ------------------------------------------------------------------------------
 
     async def _deliver(self, conversation_id: int) -> bool:
@@ -266,6 +321,17 @@ class Pipeline:
         if slot is None or slot.plugin is None or slot.limiter is None:
             log.warning("channel %r is not running; outbox %d waits", item.channel, item.id)
             return False
+        if item.opted_out:
+            await self.store.write(
+                "record delivery",
+                record_attempt_txn,
+                item.id,
+                item.attempts + 1,
+                "failed",
+                detail="not sent: the contact unsubscribed after it was queued",
+            )
+            self.metrics.send(item.channel, "failed")
+            return True
         outbound = Outbound(
             outbox_id=item.id,
             idempotency_key=item.idempotency_key,
@@ -274,6 +340,11 @@ class Pipeline:
             text=item.text,
             reply_to_external_id=item.reply_to_external_id,
             message_id=item.message_id,
+            author=item.author,
+            purpose=item.purpose,  # type: ignore[arg-type]
+            last_inbound_at=dt.datetime.fromisoformat(item.last_inbound_at)
+            if item.last_inbound_at
+            else None,
         )
         rate_limited = 0
         while True:

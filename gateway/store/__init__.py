@@ -28,12 +28,14 @@ from typing import Any, TypeVar
 import sqlite_utils
 import trio
 
+from gateway.privacy.sealing import Sealer, derive_wrap_key
 from gateway.store.db import connect
 from gateway.store.migrations import migrations
 from gateway.store.writer import Writer
 
 log = logging.getLogger("gateway.store")
 T = TypeVar("T")
+ATTACHMENTS_DIR = "attachments"
 
 
 class Store:
@@ -45,6 +47,8 @@ class Store:
         self._lock = threading.Lock()
         # Reads are cheap under WAL but each holds a thread; a few suffice.
         self._read_limiter = trio.CapacityLimiter(4)
+        self.sealer = Sealer(derive_wrap_key(key), path.parent / ATTACHMENTS_DIR)
+        """Seals attachments per contact (files under ``<data dir>/attachments``)."""
 
     async def write(self, desc: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(db, *args, **kwargs)`` in the writer's next transaction; return once committed."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import sqlite3
 from collections.abc import Sequence
 
 import sqlite_utils
 
 from gateway.messages import Inbound
 from gateway.plugin import Accepted
+from gateway.privacy.sealing import Sealer
 
 
 def now() -> str:
@@ -24,10 +26,68 @@ class Intake:
     channel: str
     agent: str
     inbound: Inbound
+    consent: str | None = None
+    """'withdrawn' or 'granted' when the text is one of the channel's opt-out/opt-in keywords."""
 
 
-def accept_txn(db: sqlite_utils.Database, items: Sequence[Intake]) -> list[Accepted]:
-    """Journal each message unless its dedupe key is known; create contact/identity/conversation."""
+def thread_txn_part(
+    conn: sqlite3.Connection,
+    channel: str,
+    agent: str,
+    account: str,
+    thread_key: str,
+    sender_id: str,
+    sender_name: str | None,
+    language: str | None,
+    ts: str,
+) -> tuple[int, int, int]:
+    """Find or create the contact, identity and conversation of a thread.
+
+    Returns (contact_id, identity_id, conversation_id); bumps the conversation's activity time.
+    """
+    identity = conn.execute(
+        "SELECT contact_id, id FROM identities WHERE channel = ? AND external_id = ?",
+        (channel, sender_id),
+    ).fetchone()
+    if identity is None:
+        contact_id = conn.execute(
+            "INSERT INTO contacts (display_name, language, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?)",
+            (sender_name, language, ts, ts),
+        ).lastrowid
+        identity_id = conn.execute(
+            "INSERT INTO identities (contact_id, channel, external_id, display_name, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (contact_id, channel, sender_id, sender_name, ts),
+        ).lastrowid
+    else:
+        contact_id, identity_id = identity
+    conversation = conn.execute(
+        "SELECT id FROM conversations WHERE channel = ? AND account = ? AND thread_key = ?",
+        (channel, account, thread_key),
+    ).fetchone()
+    if conversation is None:
+        conversation_id = conn.execute(
+            "INSERT INTO conversations (channel, account, thread_key, contact_id, agent, "
+            "created_at, last_message_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (channel, account, thread_key, contact_id, agent, ts, ts),
+        ).lastrowid
+    else:
+        conversation_id = conversation[0]
+        conn.execute(
+            "UPDATE conversations SET last_message_at = ? WHERE id = ?", (ts, conversation_id)
+        )
+    assert contact_id is not None and identity_id is not None and conversation_id is not None
+    return contact_id, identity_id, conversation_id
+
+
+def accept_txn(
+    db: sqlite_utils.Database, items: Sequence[Intake], sealer: Sealer | None = None
+) -> list[Accepted]:
+    """Journal each message unless its dedupe key is known; create contact/identity/conversation;
+    seal its attachments; record an opt-out/opt-in keyword in the consent ledger."""
+    from gateway.store.records import record_consent_keyword, store_attachments
+
     conn = db.conn
     result = []
     for item in items:
@@ -40,38 +100,17 @@ def accept_txn(db: sqlite_utils.Database, items: Sequence[Intake]) -> list[Accep
             continue
         m = item.inbound
         ts = now()
-        identity = conn.execute(
-            "SELECT contact_id FROM identities WHERE channel = ? AND external_id = ?",
-            (item.channel, m.sender_id),
-        ).fetchone()
-        if identity is None:
-            contact_id = conn.execute(
-                "INSERT INTO contacts (display_name, language, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?)",
-                (m.sender_name, m.language, ts, ts),
-            ).lastrowid
-            conn.execute(
-                "INSERT INTO identities (contact_id, channel, external_id, display_name, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (contact_id, item.channel, m.sender_id, m.sender_name, ts),
-            )
-        else:
-            contact_id = identity[0]
-        conversation = conn.execute(
-            "SELECT id FROM conversations WHERE channel = ? AND account = ? AND thread_key = ?",
-            (item.channel, m.account, m.thread_key),
-        ).fetchone()
-        if conversation is None:
-            conversation_id = conn.execute(
-                "INSERT INTO conversations (channel, account, thread_key, contact_id, agent, "
-                "created_at, last_message_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (item.channel, m.account, m.thread_key, contact_id, item.agent, ts, ts),
-            ).lastrowid
-        else:
-            conversation_id = conversation[0]
-            conn.execute(
-                "UPDATE conversations SET last_message_at = ? WHERE id = ?", (ts, conversation_id)
-            )
+        contact_id, identity_id, conversation_id = thread_txn_part(
+            conn,
+            item.channel,
+            item.agent,
+            m.account,
+            m.thread_key,
+            m.sender_id,
+            m.sender_name,
+            m.language,
+            ts,
+        )
         message_id = conn.execute(
             "INSERT INTO messages (conversation_id, direction, text, external_id, author, "
             "created_at, platform_sent_at) VALUES (?, 'in', ?, ?, 'contact', ?, ?)",
@@ -83,12 +122,23 @@ def accept_txn(db: sqlite_utils.Database, items: Sequence[Intake]) -> list[Accep
                 m.sent_at.isoformat() if m.sent_at else None,
             ),
         ).lastrowid
+        if m.attachments:
+            store_attachments(
+                conn,
+                sealer,
+                m.attachments,
+                conversation_id=conversation_id,
+                contact_id=contact_id,
+                message_id=message_id,
+            )
+        if item.consent is not None:
+            record_consent_keyword(conn, identity_id, item.consent, m.text, message_id)
         conn.execute(
             "INSERT INTO journal (dedupe_key, channel, conversation_id, message_id, received_at) "
             "VALUES (?, ?, ?, ?, ?)",
             (item.dedupe_key, item.channel, conversation_id, message_id, ts),
         )
-        assert message_id is not None and conversation_id is not None
+        assert message_id is not None
         result.append(Accepted(message_id, conversation_id, duplicate=False))
     return result
 
@@ -287,6 +337,7 @@ def commit_reply_txn(
     *,
     analysis: str | None = None,
     suggestions: str | None = None,
+    purpose: str = "reply",
 ) -> int | None:
     """Store the reply in the outbox and close the journal entry, in one transaction.
 
@@ -311,8 +362,8 @@ def commit_reply_txn(
     ).lastrowid
     outbox_id = conn.execute(
         "INSERT INTO outbox (idempotency_key, conversation_id, message_id, channel, account, "
-        "thread_key, text, reply_to_external_id, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "thread_key, text, reply_to_external_id, created_at, updated_at, purpose) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             key,
             work.conversation_id,
@@ -324,6 +375,7 @@ def commit_reply_txn(
             work.external_id,
             ts,
             ts,
+            purpose,
         ),
     ).lastrowid
     conn.execute(

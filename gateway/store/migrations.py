@@ -175,3 +175,67 @@ def m005_add_message_analysis(db: sqlite_utils.Database) -> None:
     # only, JSON) and, while a person has the conversation, suggested replies for them.
     db.execute("ALTER TABLE messages ADD COLUMN analysis TEXT")
     db.execute("ALTER TABLE messages ADD COLUMN suggestions TEXT")
+
+
+@migrations()
+def m006_add_channel_records(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        -- What an outbox row is for: 'reply' (an answer to the contact's own message),
+        -- 'transactional' (a confirmation the contact asked for, e.g. of an opt-out),
+        -- 'notification' (initiated by us: refused once the contact opted out).
+        ALTER TABLE outbox ADD COLUMN purpose TEXT NOT NULL DEFAULT 'reply';
+        -- The platform's latest word on a sent message: delivered, read, failed.
+        ALTER TABLE outbox ADD COLUMN platform_status TEXT;
+        ALTER TABLE outbox ADD COLUMN platform_status_at TEXT;
+        CREATE INDEX outbox_external ON outbox (channel, external_id) WHERE external_id IS NOT NULL;
+        -- Events that are not messages (a call, a failed send) carry JSON details; event_key
+        -- makes a platform's repeated callbacks about one event update one row.
+        ALTER TABLE conversation_events ADD COLUMN detail TEXT;
+        ALTER TABLE conversation_events ADD COLUMN event_key TEXT;
+        CREATE UNIQUE INDEX conversation_events_key ON conversation_events (event_key)
+            WHERE event_key IS NOT NULL;
+        -- The consent ledger: append-only; an identity's current state per purpose is its
+        -- latest row. source: 'keyword:STOP', 'gpc', 'admin:<user>', 'api', ...
+        CREATE TABLE consents (
+            id INTEGER PRIMARY KEY,
+            identity_id INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+            purpose TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('granted', 'withdrawn')),
+            at TEXT NOT NULL,
+            source TEXT NOT NULL,
+            detail TEXT
+        );
+        CREATE INDEX consents_identity ON consents (identity_id, purpose, id);
+        -- Per-contact file keys, wrapped (see gateway.privacy.sealing). destroyed_at set and
+        -- wrapped emptied = crypto-shredded.
+        CREATE TABLE contact_keys (
+            contact_id INTEGER PRIMARY KEY REFERENCES contacts(id),
+            wrapped BLOB NOT NULL,
+            created_at TEXT NOT NULL,
+            destroyed_at TEXT
+        );
+        -- Files that came with messages or calls. path is NULL when the platform's copy could
+        -- not be fetched (state 'unavailable'; source_ref says where it was).
+        CREATE TABLE attachments (
+            id INTEGER PRIMARY KEY,
+            uuid TEXT NOT NULL UNIQUE,
+            message_id INTEGER REFERENCES messages(id) ON DELETE CASCADE,
+            event_id INTEGER REFERENCES conversation_events(id) ON DELETE CASCADE,
+            conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+            contact_id INTEGER NOT NULL REFERENCES contacts(id),
+            category TEXT NOT NULL DEFAULT 'attachments',   -- retention category
+            kind TEXT NOT NULL,
+            mime_type TEXT,
+            filename TEXT,
+            size INTEGER,
+            sha256 TEXT,
+            path TEXT,
+            source_ref TEXT,
+            state TEXT NOT NULL CHECK (state IN ('sealed', 'unavailable')),
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX attachments_message ON attachments (message_id);
+        CREATE INDEX attachments_contact ON attachments (contact_id);
+        """
+    )

@@ -21,6 +21,11 @@ class OutboxItem:
     reply_to_external_id: str | None
     attempts: int
     message_id: int | None
+    author: str = "ai"
+    purpose: str = "reply"
+    last_inbound_at: str | None = None
+    opted_out: bool = False
+    """A notification whose contact withdrew consent since it was queued: not to be sent."""
 
 
 def recover_outbox_txn(db: sqlite_utils.Database) -> list[int]:
@@ -56,13 +61,27 @@ def open_conversations_txn(db: sqlite_utils.Database) -> list[int]:
 
 
 def next_outbox_txn(db: sqlite_utils.Database, conversation_id: int) -> OutboxItem | None:
-    row = db.conn.execute(
-        "SELECT id, idempotency_key, conversation_id, channel, account, thread_key, text, "
-        "reply_to_external_id, attempts, message_id FROM outbox "
-        "WHERE conversation_id = ? AND state = 'pending' ORDER BY id LIMIT 1",
+    from gateway.store.records import consent_state, thread_identity
+
+    conn = db.conn
+    row = conn.execute(
+        "SELECT o.id, o.idempotency_key, o.conversation_id, o.channel, o.account, o.thread_key, "
+        "o.text, o.reply_to_external_id, o.attempts, o.message_id, "
+        "coalesce(m.author, 'ai'), o.purpose, "
+        "(SELECT max(coalesce(i.platform_sent_at, i.created_at)) FROM messages i "
+        " WHERE i.conversation_id = o.conversation_id AND i.direction = 'in') "
+        "FROM outbox o LEFT JOIN messages m ON m.id = o.message_id "
+        "WHERE o.conversation_id = ? AND o.state = 'pending' ORDER BY o.id LIMIT 1",
         (conversation_id,),
     ).fetchone()
-    return OutboxItem(*row) if row else None
+    if row is None:
+        return None
+    item = OutboxItem(*row)
+    if item.purpose == "notification":
+        identity = thread_identity(conn, conversation_id)
+        if identity is not None and consent_state(conn, identity) == "withdrawn":
+            item = dataclasses.replace(item, opted_out=True)
+    return item
 
 
 def mark_sending_txn(db: sqlite_utils.Database, outbox_id: int) -> int:
@@ -108,6 +127,22 @@ def record_attempt_txn(
         "INSERT INTO deliveries (outbox_id, attempt, at, outcome, detail) VALUES (?, ?, ?, ?, ?)",
         (outbox_id, attempt, ts, outcome, detail),
     )
+    if outcome == "failed":
+        # Shown in the conversation (CLI, admin inbox): a reply that will never arrive is news
+        # for the people reading it, not only a log line.
+        from gateway.store.records import record_event
+
+        conversation_id = conn.execute(
+            "SELECT conversation_id FROM outbox WHERE id = ?", (outbox_id,)
+        ).fetchone()[0]
+        record_event(
+            conn,
+            conversation_id,
+            "send_failed",
+            actor="gateway",
+            reason=detail,
+            detail={"outbox_id": outbox_id, "attempt": attempt},
+        )
 
 
 def outbox_counts_txn(db: sqlite_utils.Database) -> dict[str, int]:
@@ -116,3 +151,59 @@ def outbox_counts_txn(db: sqlite_utils.Database) -> dict[str, int]:
 
 def journal_counts_txn(db: sqlite_utils.Database) -> dict[str, int]:
     return dict(db.conn.execute("SELECT state, count(*) FROM journal GROUP BY state").fetchall())
+
+
+class OptedOut(Exception):
+    """The contact withdrew consent to messages we initiate (STOP, /unsubscribe)."""
+
+
+def queue_notification_txn(
+    db: sqlite_utils.Database,
+    channel: str,
+    account: str,
+    thread_key: str,
+    text: str,
+    key: str,
+) -> tuple[int, int, bool]:
+    """Queue a message we initiate to an existing thread; refuse it if the contact opted out.
+
+    ``key`` makes a repeated request (a client's retry) return the first one's row.
+    Returns (outbox id, conversation id, already queued). Raises LookupError for an unknown
+    thread, OptedOut for a contact who withdrew consent.
+    """
+    from gateway.store.records import consent_state, thread_identity
+
+    conn = db.conn
+    idem = f"notify:{key}"
+    row = conn.execute(
+        "SELECT id, conversation_id FROM outbox WHERE idempotency_key = ?", (idem,)
+    ).fetchone()
+    if row is not None:
+        return row[0], row[1], True
+    conversation = conn.execute(
+        "SELECT id FROM conversations WHERE channel = ? AND account = ? AND thread_key = ?",
+        (channel, account, thread_key),
+    ).fetchone()
+    if conversation is None:
+        raise LookupError(f"no conversation on channel {channel!r} with thread {thread_key!r}")
+    conversation_id = conversation[0]
+    identity = thread_identity(conn, conversation_id)
+    if identity is not None and consent_state(conn, identity) == "withdrawn":
+        raise OptedOut(
+            f"the contact of conversation {conversation_id} unsubscribed; notifications to "
+            "them are refused until they subscribe again"
+        )
+    ts = now()
+    message_id = conn.execute(
+        "INSERT INTO messages (conversation_id, direction, text, author, created_at) "
+        "VALUES (?, 'out', ?, 'notice', ?)",
+        (conversation_id, text, ts),
+    ).lastrowid
+    outbox_id = conn.execute(
+        "INSERT INTO outbox (idempotency_key, conversation_id, message_id, channel, account, "
+        "thread_key, text, created_at, updated_at, purpose) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'notification')",
+        (idem, conversation_id, message_id, channel, account, thread_key, text, ts, ts),
+    ).lastrowid
+    assert outbox_id is not None
+    return outbox_id, conversation_id, False

@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import httpx
 import trio
 
 from gateway.errors import StoreError
-from gateway.messages import Inbound
+from gateway.messages import Event, Inbound
 from gateway.plugin import Accepted, HistoryItem
 
 
@@ -38,6 +39,10 @@ class MemoryChannelContext:
         self.outbound_history: dict[str, list[HistoryItem]] = {}
         self.state: dict[str, str] = {}
         self.fail_accepts = 0
+        self.statuses: list[tuple[str, str, str | None]] = []
+        """``update_delivery`` calls: (external id, status, detail)."""
+        self.events: list[Event] = []
+        """``record_event`` calls, repeats included (the daemon merges them by event_key)."""
         self._keys: dict[tuple[str, str], Accepted] = {}
         self._accepted_at: list[str] = []
         self._threads: dict[str, int] = {}
@@ -107,6 +112,36 @@ class MemoryChannelContext:
         items += self.outbound_history.get(thread_key, [])
         items.sort(key=lambda h: h.created_at)
         return items[-limit:]
+
+    async def update_delivery(
+        self,
+        external_id: str,
+        status: Literal["sent", "delivered", "read", "failed"],
+        *,
+        at: dt.datetime | None = None,
+        detail: str | None = None,
+    ) -> bool:
+        await trio.lowlevel.checkpoint()
+        self.statuses.append((external_id, status, detail))
+        async with self._changed:
+            self._changed.notify_all()
+        return True
+
+    async def record_event(self, event: Event) -> int:
+        await trio.lowlevel.checkpoint()
+        if self.fail_accepts:
+            self.fail_accepts -= 1
+            raise StoreError("MemoryChannelContext: simulated store failure")
+        self.events.append(event)
+        async with self._changed:
+            self._changed.notify_all()
+        return len(self.events)
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds after some accept, status or event."""
+        async with self._changed:
+            while not predicate():
+                await self._changed.wait()
 
     async def aclose(self) -> None:
         if self._http is not None:
