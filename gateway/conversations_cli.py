@@ -16,6 +16,7 @@ from gateway.keys import DATABASE_FILE, load_master_key
 from gateway.store.db import connect
 from gateway.store.journal import conversations_txn, set_contact_ai_txn, set_conversation_txn
 from gateway.store.migrations import migrations
+from gateway.store.records import attachments_txn, events_txn
 
 ACTIONS = {
     "show": "print a conversation's messages with their analysis and suggested replies",
@@ -117,4 +118,20 @@ def _show(db: Any, conversation_id: int) -> int:
         print("suggested replies:")
         for n, reply in enumerate(suggestions, 1):
             print(f"  {n}. {reply}")
+    files = attachments_txn(db, conversation_id)
+    if files:
+        print("attachments:")
+        for f in files:
+            size = f"{f.size} bytes" if f.size is not None else "not downloaded"
+            print(
+                f"  #{f.id} {f.kind} {f.mime_type or ''} {f.filename or ''} ({size}, {f.state}, "
+                f"retention category {f.category})"
+            )
+    events = events_txn(db, conversation_id)
+    if events:
+        print("events:")
+        for e in events:
+            detail = " ".join(f"{k}={v}" for k, v in sorted(e["detail"].items()))
+            reason = f": {e['reason']}" if e["reason"] else ""
+            print(f"  [{e['at'][:19]}] {e['kind']} by {e['actor']}{reason} {detail}".rstrip())
     return 0

@@ -15,7 +15,7 @@ import trio
 from pydantic import Field
 
 from gateway.errors import SendError
-from gateway.messages import Inbound, Outbound, SendResult
+from gateway.messages import Attachment, Inbound, Outbound, SendResult
 from gateway.plugin import Accepted, ChannelConfig, ChannelContext
 
 
@@ -49,7 +49,13 @@ class FakeChannel:
         return None
 
     async def deliver(
-        self, thread_key: str, sender_id: str, text: str, *, external_id: str | None = None
+        self,
+        thread_key: str,
+        sender_id: str,
+        text: str,
+        *,
+        external_id: str | None = None,
+        attachments: tuple[Attachment, ...] = (),
     ) -> Accepted:
         inbound = Inbound(
             account=self.config.account,
@@ -57,6 +63,7 @@ class FakeChannel:
             thread_key=thread_key,
             sender_id=sender_id,
             text=text,
+            attachments=attachments,
         )
         return await self.context.accept(inbound)
 
