@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import trio
 
-from gateway import __version__, conversations_cli, keys_cli
+from gateway import __version__, conversations_cli, init_cli, keys_cli, users_cli
 from gateway.config import EMBEDDED, GatewayConfig, load_config
 from gateway.errors import GatewayError
-from gateway.keys import DATABASE_FILE, key_banner, load_master_key
+from gateway.keys import key_banner
 from gateway.logs import setup_logging
 from gateway.plugin import Registry, load_registry
 
@@ -26,8 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = sub.add_parser("run", help="start the gateway (embedded default without --config)")
     p.add_argument("--config", "-c", metavar="FILE", help="TOML config file")
-    p = sub.add_parser("init", help="create the data directory and master key, then stop")
-    p.add_argument("--config", "-c", metavar="FILE", help="TOML config file")
+    init_cli.add_parser(sub)
     p = sub.add_parser("check-config", help="validate a config file without starting")
     p.add_argument("file", nargs="?", metavar="FILE", help="TOML config file (default: embedded)")
     p = sub.add_parser("plugins", help="list the channel and LLM plugins found")
@@ -37,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     conversations_cli.add_parser(sub)
     keys_cli.add_parser(sub)
+    users_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
     registry = load_registry()
@@ -49,13 +49,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway import doctor
 
             return doctor.run(args.config, registry)
-        config = load_config(args.config, registry)
+        if args.command == "init":
+            return init_cli.run(args, registry)
+        # Commands that never talk to a platform or a model do not need their secrets.
+        offline = args.command in ("users", "conversations", "keys")
+        config = load_config(args.config, registry, defer_secrets=offline)
+        if args.command == "users":
+            return users_cli.run(config, args)
         if args.command == "conversations":
             return conversations_cli.run(config, args)
         if args.command == "keys":
             return keys_cli.run(config, args)
-        if args.command == "init":
-            return cmd_init(config)
         return cmd_run(config)
     except GatewayError as exc:
         print(f"gateway: error: {exc}", file=sys.stderr)
@@ -88,24 +92,6 @@ def cmd_check_config(file: str | None, registry: Registry) -> int:
     for name, provider in config.providers.items():
         print(f"  provider {name}: {provider.plugin.name}")
     print(f"  data_dir {config.data_dir}")
-    return 0
-
-
-def cmd_init(config: GatewayConfig) -> int:
-    master = load_master_key(config.data_dir, reference=config.gateway.master_key)
-    if master.created:
-        print(key_banner(master), file=sys.stderr)
-    else:
-        print(f"master key already present: {master.source}")
-
-    async def _create() -> None:
-        from gateway.store import open_store
-
-        async with open_store(config.data_dir / DATABASE_FILE, master.derive("sqlcipher")):
-            pass
-
-    trio.run(_create)
-    print(f"encrypted database ready: {config.data_dir / DATABASE_FILE}")
     return 0
 
 

@@ -323,8 +323,12 @@ def load_config(
     registry: Registry,
     *,
     environ: Mapping[str, str] | None = None,
+    defer_secrets: bool = False,
 ) -> GatewayConfig:
     """Read, parse and validate a config file (or the embedded default when ``path`` is None).
+
+    ``defer_secrets`` checks that secrets are references without resolving them (their value
+    is then empty): for ``gateway init``, which writes a config before its secrets exist.
 
     With the embedded default, ``OPENAI_API_KEY`` in the environment switches the default agent
     from the offline FAQ provider to OpenAI (``OPENAI_BASE_URL`` and ``OPENAI_MODEL`` override
@@ -374,13 +378,20 @@ def load_config(
             "model": env.get("OPENAI_MODEL", "gpt-4o-mini"),
         }
         raw["agents"]["default"]["provider"] = "openai"
-    return _Validator(source, text, base, registry, env).validate(raw)
+    return _Validator(source, text, base, registry, env, defer_secrets).validate(raw)
 
 
 class _Validator:
     def __init__(
-        self, source: str, text: str, base: Path, registry: Registry, env: dict[str, str]
+        self,
+        source: str,
+        text: str,
+        base: Path,
+        registry: Registry,
+        env: dict[str, str],
+        defer_secrets: bool = False,
     ) -> None:
+        self.defer_secrets = defer_secrets
         self.source = source
         self.lines = text.splitlines()
         self.base = base
@@ -530,7 +541,9 @@ class _Validator:
 
     def model(self, model: type[BaseModel], raw: dict[str, Any], table: str) -> Any:
         try:
-            return model.model_validate(raw, context={"environ": self.env})
+            return model.model_validate(
+                raw, context={"environ": self.env, "defer_secrets": self.defer_secrets}
+            )
         except ValidationError as exc:
             raise self._from_validation(exc, model, table) from None
 

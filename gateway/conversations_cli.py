@@ -10,12 +10,10 @@ import argparse
 import json
 from typing import Any
 
+from gateway.cli_db import open_database
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
-from gateway.keys import DATABASE_FILE, load_master_key
-from gateway.store.db import connect
 from gateway.store.journal import conversations_txn, set_contact_ai_txn, set_conversation_txn
-from gateway.store.migrations import migrations
 from gateway.store.records import attachments_txn, events_txn
 
 ACTIONS = {
@@ -39,14 +37,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(config: GatewayConfig, args: argparse.Namespace) -> int:
-    master = load_master_key(config.data_dir, reference=config.gateway.master_key, create=False)
-    path = config.data_dir / DATABASE_FILE
-    if not path.exists():
-        raise GatewayError(f"no database at {path}: start the gateway (or `gateway init`) first")
-    db = connect(path, master.derive("sqlcipher"))
-    try:
-        if migrations.pending(db):
-            raise GatewayError("the database needs migrations: start the gateway once first")
+    with open_database(config) as db:
         if args.action == "list":
             rows = conversations_txn(db, args.status)
             print(
@@ -82,8 +73,6 @@ def run(config: GatewayConfig, args: argparse.Namespace) -> int:
             )
         print(f"{'contact' if args.contact else 'conversation'} {args.id}: {args.action} done")
         return 0
-    finally:
-        db.conn.close()
 
 
 def _show(db: Any, conversation_id: int) -> int:

@@ -18,8 +18,10 @@ from gateway.keys import (
     CREDENTIAL_NAME,
     DATABASE_FILE,
     KEY_FILE,
+    MasterKey,
     generate_key_file,
     load_master_key,
+    parse_key,
 )
 from gateway.store.db import connect
 
@@ -65,6 +67,13 @@ def status(config: GatewayConfig) -> int:
 
 
 def init(config: GatewayConfig, target: str, credstore: Path) -> int:
+    create_master_key(config, target, credstore)
+    return 0
+
+
+def create_master_key(config: GatewayConfig, target: str, credstore: Path) -> MasterKey:
+    """Make the master key in the best place (see ``gateway keys init``) and hand it back, so a
+    caller such as ``gateway init`` can create the database with it at once."""
     try:
         found = load_master_key(config.data_dir, reference=config.gateway.master_key, create=False)
     except MasterKeyError:
@@ -79,24 +88,24 @@ def init(config: GatewayConfig, target: str, credstore: Path) -> int:
         target = "credential" if creds and os.geteuid() == 0 else "file"
     if target == "file":
         path = config.data_dir / KEY_FILE
-        generate_key_file(path)
+        key = generate_key_file(path)
         print(
             f"WARNING: the master key is in a file, {path} (mode 0600), next to the data it "
             "protects. Prefer a systemd credential: gateway keys init --to credential",
             file=sys.stderr,
         )
-        return 0
+        return MasterKey(key, f"key file {path}", created=True)
     if not creds:
         raise GatewayError("systemd-creds is not installed; use --to file, or install systemd")
     credstore.mkdir(parents=True, exist_ok=True, mode=0o700)
     out = credstore / CREDENTIAL_NAME
     if out.exists():
         raise GatewayError(f"{out} already exists; remove it first if it is really unused")
-    key = secrets.token_hex(32)
+    text = secrets.token_hex(32)
     # The key goes through stdin: never on a command line (ps) or a temporary file.
     result = subprocess.run(
         [creds, "encrypt", f"--name={CREDENTIAL_NAME}", "-", str(out)],
-        input=key.encode(),
+        input=text.encode(),
         capture_output=True,
         check=False,
     )
@@ -106,4 +115,4 @@ def init(config: GatewayConfig, target: str, credstore: Path) -> int:
     print(f"master key created as an encrypted systemd credential: {out}")
     print(f"the unit needs: LoadCredentialEncrypted={CREDENTIAL_NAME}")
     print("back it up: without it the database cannot be opened")
-    return 0
+    return MasterKey(parse_key(text, str(out)), f"systemd credential {out}", created=True)

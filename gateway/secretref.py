@@ -35,6 +35,13 @@ class Secret:
     def reveal(self) -> str:
         return self._value
 
+    @property
+    def deferred(self) -> bool:
+        """True for a reference checked but not resolved (``load_config(defer_secrets=True)``,
+        as ``gateway init`` and offline CLI commands use): its value is empty, and a plugin's
+        validator should skip format checks on it."""
+        return not self._value
+
     def __repr__(self) -> str:
         return f"Secret({self.reference!r})"
 
@@ -60,8 +67,12 @@ def _validate_secret(value: Any, info: core_schema.ValidationInfo) -> Secret:
     if not isinstance(value, str):
         raise ValueError('must be a secret reference string such as "env:NAME"')
     # The config loader passes the environment it was given (tests, `check-config`).
-    environ = (info.context or {}).get("environ")
-    return resolve(value, environ=environ)
+    context = info.context or {}
+    if context.get("defer_secrets"):
+        if not is_reference(value):
+            resolve(value)  # raises the "must not be written into the config file" error
+        return Secret("", value)
+    return resolve(value, environ=context.get("environ"))
 
 
 def is_reference(text: str) -> bool:

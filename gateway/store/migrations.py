@@ -239,3 +239,31 @@ def m006_add_channel_records(db: sqlite_utils.Database) -> None:
         CREATE INDEX attachments_contact ON attachments (contact_id);
         """
     )
+
+
+@migrations()
+def m007_create_users(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        -- People who sign in to the admin UI. password_hash is Argon2id; totp_secret is the
+        -- RFC 6238 seed (the database is encrypted); totp_last_step stops a code being used twice;
+        -- recovery codes are SHA-256 hashes (each random 50 bits+), removed when used.
+        CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            email TEXT NOT NULL UNIQUE,
+            display_name TEXT,
+            role TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'agent', 'auditor')),
+            password_hash TEXT NOT NULL,
+            password_changed_at TEXT NOT NULL,
+            totp_secret TEXT,
+            totp_confirmed_at TEXT,
+            totp_last_step INTEGER,
+            recovery_codes TEXT NOT NULL DEFAULT '[]',
+            failed_logins INTEGER NOT NULL DEFAULT 0,
+            locked_until TEXT,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            deactivated_at TEXT
+        );
+        """
+    )

@@ -76,13 +76,14 @@ class TelegramConfig(ChannelConfig):
     @field_validator("token")
     @classmethod
     def _token_shape(cls, token: Secret) -> Secret:
-        bot_id_from_token(token.reveal())  # raises ValueError with a message free of the token
+        if not token.deferred:
+            bot_id_from_token(token.reveal())  # raises ValueError with a message free of the token
         return token
 
     @field_validator("webhook_secret")
     @classmethod
     def _secret_shape(cls, secret: Secret | None) -> Secret | None:
-        if secret is not None and not _SECRET_RE.fullmatch(secret.reveal()):
+        if secret is not None and not secret.deferred and not _SECRET_RE.fullmatch(secret.reveal()):
             raise ValueError(
                 "Telegram accepts only 1-256 characters A-Z, a-z, 0-9, _ and - in a webhook secret"
             )
