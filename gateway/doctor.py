@@ -34,7 +34,7 @@ import trio
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError, GatewayError, MasterKeyError, PluginError
 from gateway.keys import DATABASE_FILE, KEY_FILE, MasterKey, load_master_key
-from gateway.messages import Inbound
+from gateway.messages import Event, Inbound
 from gateway.plugin import Accepted, HistoryItem, Registry
 
 Status = Literal["OK", "WARN", "FAIL"]
@@ -433,6 +433,14 @@ class DoctorChannelContext:
     async def history(self, thread_key: str, *, limit: int = 50) -> list[HistoryItem]:
         await trio.lowlevel.checkpoint()
         return []
+
+    async def update_delivery(
+        self, external_id: str, status: str, *, at: object = None, detail: str | None = None
+    ) -> bool:
+        raise PluginError("gateway doctor does not record delivery statuses")
+
+    async def record_event(self, event: Event) -> int:
+        raise PluginError("gateway doctor does not record events")
 
 
 async def _check_channel(config: GatewayConfig, name: str, http: httpx.AsyncClient) -> Result:

@@ -61,6 +61,7 @@ from gateway.messages import (
     Outbound,
     SendResult,
 )
+from gateway.pipeline.consent import Keywords
 from gateway.privacy.residency import ResidencyPolicy
 
 if TYPE_CHECKING:
@@ -119,6 +120,12 @@ class ChannelConfig(PluginConfig):
         ge=1,
         description="How many messages one chat may receive at once before the rate applies.",
     )
+
+    def consent_keywords(self) -> Keywords:
+        """This channel's opt-out/opt-in words as the core matches them (``.match(text)`` gives
+        'withdrawn', 'granted' or None), for a plugin that maps buttons or payloads to them."""
+        return Keywords(self.opt_out_keywords, self.opt_in_keywords)
+
     residency: ResidencyPolicy | None = Field(
         None,
         description="Which provider regions may receive this channel's data, per category "

@@ -26,11 +26,14 @@ class SecretRefError(ValueError):
 class Secret:
     """A resolved secret. Its repr and str show only where it came from, never its value."""
 
-    __slots__ = ("_value", "reference")
+    __slots__ = ("_deferred", "_value", "reference")
 
-    def __init__(self, value: str, reference: str = "<given in code>") -> None:
+    def __init__(
+        self, value: str, reference: str = "<given in code>", *, deferred: bool = False
+    ) -> None:
         self._value = value
         self.reference = reference
+        self._deferred = deferred
 
     def reveal(self) -> str:
         return self._value
@@ -40,7 +43,7 @@ class Secret:
         """True for a reference checked but not resolved (``load_config(defer_secrets=True)``,
         as ``gateway init`` and offline CLI commands use): its value is empty, and a plugin's
         validator should skip format checks on it."""
-        return not self._value
+        return self._deferred
 
     def __repr__(self) -> str:
         return f"Secret({self.reference!r})"
@@ -71,7 +74,7 @@ def _validate_secret(value: Any, info: core_schema.ValidationInfo) -> Secret:
     if context.get("defer_secrets"):
         if not is_reference(value):
             resolve(value)  # raises the "must not be written into the config file" error
-        return Secret("", value)
+        return Secret("", value, deferred=True)
     return resolve(value, environ=context.get("environ"))
 
 

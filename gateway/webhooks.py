@@ -58,7 +58,11 @@ def plain(status: int, text: str) -> quart.Response:
 
 
 def refusal(exc: WebhookRefused) -> quart.Response:
-    return plain(exc.status, exc.reason)
+    response = plain(exc.status, exc.reason)
+    if exc.status == 413:
+        # The body was not read: a kept-alive connection would hang on its unread rest.
+        response.headers["Connection"] = "close"
+    return response
 
 
 async def read_body(
@@ -139,8 +143,11 @@ def verify_subscription(args: Mapping[str, str], verify_token: Secret | str | No
 
 def twilio_signature(token: bytes, url: str, params: Mapping[str, list[str]]) -> str:
     """Twilio's scheme: base64(HMAC-SHA1(auth token, URL + each name+value, names sorted
-    case-sensitively, a repeated name's values sorted too))."""
-    data = url + "".join(name + value for name in sorted(params) for value in sorted(params[name]))
+    case-sensitively, a repeated name's distinct values sorted too, as Twilio's own validator
+    does))."""
+    data = url + "".join(
+        name + value for name in sorted(params) for value in sorted(set(params[name]))
+    )
     return base64.b64encode(hmac.new(token, data.encode(), hashlib.sha1).digest()).decode()
 
 

@@ -112,7 +112,7 @@ class Pipeline:
             config,
             plugin,
             SendLimiter(config.send_rate, config.send_rate_per_chat, config.send_burst_per_chat),
-            Keywords(config.opt_out_keywords, config.opt_in_keywords),
+            config.consent_keywords(),
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -153,7 +153,10 @@ class Pipeline:
     async def accept(self, channel: str, inbounds: Sequence[Inbound]) -> list[Accepted]:
         if not self.accepting:
             raise ShuttingDown("the gateway is shutting down; the platform should retry")
-        slot = self.channels[channel]
+        slot = self.channels.get(channel)
+        if slot is None:
+            # A request already in flight when a reload removed its channel: no 500, a retry.
+            raise ShuttingDown(f"channel {channel!r} is not running; the platform should retry")
         for inbound in inbounds:
             if not (
                 inbound.account and inbound.external_id and inbound.thread_key and inbound.sender_id
@@ -348,12 +351,19 @@ class Pipeline:
         )
         rate_limited = 0
         while True:
-            await slot.limiter.wait(item.thread_key)
+            # Looked up again for every attempt: a reload may have replaced the channel.
+            current = self.channels.get(item.channel)
+            plugin = current.plugin if current is not None else None
+            limiter = current.limiter if current is not None else None
+            if plugin is None or limiter is None:
+                log.warning("channel %r stopped; outbox %d waits", item.channel, item.id)
+                return False
+            await limiter.wait(item.thread_key)
             attempt = await self.store.write("claim outbox row", mark_sending_txn, item.id)
             if attempt == 0:
                 return True  # no longer pending (handled elsewhere)
             try:
-                result = await slot.plugin.send(outbound)
+                result = await plugin.send(outbound)
             except SendError as exc:
                 outcome, wait = self._classify(exc, attempt, rate_limited)
                 if exc.retry_after is not None:

@@ -119,7 +119,8 @@ def accept_txn(
                 m.text,
                 m.external_id,
                 ts,
-                m.sent_at.isoformat() if m.sent_at else None,
+                # UTC, as every stored time: times are compared as ISO strings.
+                m.sent_at.astimezone(dt.UTC).isoformat() if m.sent_at else None,
             ),
         ).lastrowid
         if m.attachments:

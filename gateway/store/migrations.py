@@ -267,3 +267,27 @@ def m007_create_users(db: sqlite_utils.Database) -> None:
         );
         """
     )
+
+
+@migrations()
+def m008_create_store_keys(db: sqlite_utils.Database) -> None:
+    # Keys that must outlive a master-key rotation, kept inside the encrypted database:
+    # 'contact-wrap' wraps the per-contact file keys (rotated with the master key: every
+    # contact key is re-wrapped), 'dedupe' keys the journal's dedupe hashes (never rotated: a
+    # platform retry after a rotation must still be recognised).
+    db.execute(
+        "CREATE TABLE store_keys (name TEXT PRIMARY KEY, value BLOB NOT NULL, "
+        "created_at TEXT NOT NULL)"
+    )
+
+
+@migrations()
+def m009_create_early_statuses(db: sqlite_utils.Database) -> None:
+    # A platform may report "sent"/"delivered" for a message before our send call returned and
+    # its id was stored; such statuses wait here (a day at most) and are applied once it is.
+    db.execute(
+        "CREATE TABLE early_statuses (id INTEGER PRIMARY KEY, channel TEXT NOT NULL, "
+        "external_id TEXT NOT NULL, status TEXT NOT NULL, at TEXT, detail TEXT, "
+        "received_at TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX early_statuses_message ON early_statuses (channel, external_id)")

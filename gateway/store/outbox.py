@@ -127,6 +127,10 @@ def record_attempt_txn(
         "INSERT INTO deliveries (outbox_id, attempt, at, outcome, detail) VALUES (?, ?, ?, ?, ?)",
         (outbox_id, attempt, ts, outcome, detail),
     )
+    if external_id is not None:
+        from gateway.store.records import apply_early_statuses
+
+        apply_early_statuses(conn, outbox_id, external_id)
     if outcome == "failed":
         # Shown in the conversation (CLI, admin inbox): a reply that will never arrive is news
         # for the people reading it, not only a log line.

@@ -203,19 +203,39 @@ def update_delivery_txn(
     at: str | None,
     detail: str | None,
 ) -> bool:
+    return update_delivery(db.conn, channel, external_id, status, at, detail)
+
+
+def update_delivery(
+    conn: sqlite3.Connection,
+    channel: str,
+    external_id: str,
+    status: str,
+    at: str | None,
+    detail: str | None,
+) -> bool:
     """Record a platform status callback for one of our sent messages.
 
     Statuses arrive out of order and repeatedly; the stored status only moves forward
     (sent < delivered < read; failed wins), and every callback is kept in ``deliveries``.
     Returns False when no sent message of this channel has that id.
     """
-    conn = db.conn
     row = conn.execute(
         "SELECT id, platform_status, attempts, conversation_id FROM outbox "
         "WHERE channel = ? AND external_id = ?",
         (channel, external_id),
     ).fetchone()
     if row is None:
+        # Perhaps ours, but the send has not returned yet: keep it for record_attempt_txn.
+        conn.execute(
+            "DELETE FROM early_statuses WHERE received_at < strftime('%Y-%m-%dT%H:%M:%f', "
+            "'now', '-1 day')"
+        )
+        conn.execute(
+            "INSERT INTO early_statuses (channel, external_id, status, at, detail, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (channel, external_id, status, at, detail, now()),
+        )
         return False
     outbox_id, current, attempts, conversation_id = row
     if STATUS_RANK.get(status, 0) > STATUS_RANK.get(current or "", 0):
@@ -236,6 +256,19 @@ def update_delivery_txn(
         (outbox_id, attempts, at or now(), f"platform:{status}", detail),
     )
     return True
+
+
+def apply_early_statuses(conn: sqlite3.Connection, outbox_id: int, external_id: str) -> None:
+    """Apply the statuses that arrived before this send's id was known (then forget them)."""
+    (channel,) = conn.execute("SELECT channel FROM outbox WHERE id = ?", (outbox_id,)).fetchone()
+    rows = conn.execute(
+        "SELECT id, status, at, detail FROM early_statuses WHERE channel = ? AND external_id = ? "
+        "ORDER BY id",
+        (channel, external_id),
+    ).fetchall()
+    for row_id, status, at, detail in rows:
+        conn.execute("DELETE FROM early_statuses WHERE id = ?", (row_id,))
+        update_delivery(conn, channel, external_id, status, at, detail)
 
 
 # Conversation events ---------------------------------------------------------------------------

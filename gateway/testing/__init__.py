@@ -7,6 +7,12 @@ real thing on 127.0.0.1 or in-process.
   Messages API, with the same scripting as the fake OpenAI server.
 - :mod:`gateway.testing.fake_openai`: ``FakeOpenAIServer`` / ``open_fake_openai``, the chat
   completions API (latency, failures, hangs, hooks).
+- :mod:`gateway.testing.fake_whatsapp`: ``FakeWhatsAppServer`` / ``open_fake_whatsapp``, the
+  WhatsApp Cloud API (sends, templates, media) and Meta's signed webhooks with retries.
+- :mod:`gateway.testing.fake_graph`: the Graph Send API of Messenger and Instagram, attachment
+  hosting, and their signed webhooks.
+- :mod:`gateway.testing.fake_twilio`: the Twilio REST API (Messages, media, recordings) and its
+  signed form webhooks for SMS/MMS, statuses and voice calls.
 - :mod:`gateway.testing.fake_channel`: ``FakeChannel``, an in-process channel plugin.
 - :mod:`gateway.testing.fake_llm`: ``FakeProvider`` / ``FakeModel``, an in-process LLM provider.
 - :mod:`gateway.testing.context`: ``MemoryChannelContext`` / ``MemoryProviderContext``, to test

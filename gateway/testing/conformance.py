@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import pydantic
 import trio
 
-from gateway.messages import Inbound, Outbound, SendResult
+from gateway.messages import Inbound, Outbound, SendResult, utcnow
 from gateway.plugin import Accepted, Channel, ChannelConfig
 from gateway.testing.context import MemoryChannelContext
 
@@ -264,8 +264,14 @@ async def check_send_reaches_thread(harness: ChannelHarness, context: Conformanc
         await _deliver(harness, "710004", "please answer")
         await context.wait_until(lambda: len(context.inbound) >= 1, "the message to be accepted")
         inbound = context.inbound[0]
+        # A reply to a message that just arrived: inside any platform's messaging window.
         outbound = Outbound(
-            1, "conformance-send-1", inbound.account, inbound.thread_key, "the answer"
+            1,
+            "conformance-send-1",
+            inbound.account,
+            inbound.thread_key,
+            "the answer",
+            last_inbound_at=utcnow(),
         )
         with trio.fail_after(STEP_TIMEOUT):
             result = await channel.send(outbound)
@@ -290,7 +296,12 @@ async def check_concurrent_sends(harness: ChannelHarness, context: ConformanceCo
         async def send(i: int, thread: str) -> None:
             results[thread] = await channel.send(
                 Outbound(
-                    100 + i, f"conformance-concurrent-{i}", account, thread, f"reply to {thread}"
+                    100 + i,
+                    f"conformance-concurrent-{i}",
+                    account,
+                    thread,
+                    f"reply to {thread}",
+                    last_inbound_at=utcnow(),
                 )
             )
 

@@ -272,3 +272,19 @@ async def test_conversations_show_lists_attachments_and_events(tmp_path, registr
     shown = capsys.readouterr().out
     assert "#1 image image/png  (3 bytes, sealed, retention category attachments)" in shown
     assert "call by contact duration=7 status=completed" in shown
+
+
+async def test_a_status_that_arrives_before_the_send_returned_is_applied_after(tmp_path, registry):
+    async with open_gateway(config(), registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        channel.send_gate = gate = trio.Event()
+        await channel.deliver("chat1", "alice", "hello")
+        await channel.at_gate.wait()
+        # The platform reports on "out1" while our send call has not returned yet.
+        assert not await channel.context.update_delivery("out1", "delivered")
+        gate.set()
+        await channel.wait_sent(1)
+        await gw.wait_idle()
+        (row,) = await sql(gw, "SELECT platform_status FROM outbox")
+        assert row == ("delivered",)
+        assert await sql(gw, "SELECT count(*) FROM early_statuses") == [(0,)]

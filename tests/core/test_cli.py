@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.core.test_example_config import ENV as EXAMPLE_ENV
+
 EXAMPLE = Path(__file__).parents[2] / "config" / "gateway.example.toml"
 
 
@@ -32,7 +34,8 @@ def test_plugins_lists_builtins_with_their_source():
 
 
 def test_check_config_ok_and_error(tmp_path):
-    env = {"TELEGRAM_TOKEN": "1:abcdefgh", "OPENAI_API_KEY": "sk-abcdefgh", "PATH": "/usr/bin:/bin"}
+    # Every secret the example config references (one list: test_example_config.ENV).
+    env = {**EXAMPLE_ENV, "PATH": "/usr/bin:/bin"}
     ok = gateway("check-config", str(EXAMPLE), env=env)
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stdout and "support_bot: telegram" in ok.stdout
