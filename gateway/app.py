@@ -14,31 +14,29 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import hypercorn.config
 import hypercorn.trio
 import trio
 
-from gateway.config import AgentConfig, GatewayConfig, redactor_for
-from gateway.http.admin import make_admin_app
-from gateway.http.public import make_public_app
+from gateway.agents import AgentSet, sync_knowledge
+from gateway.config import GatewayConfig
+from gateway.control import SOCKET_NAME as CONTROL_SOCKET
+from gateway.control import Handler, serve_control
 from gateway.keys import DATABASE_FILE, MasterKey, load_master_key
-from gateway.knowledge import format_snippets, load_chunks, search_knowledge_txn, sync_knowledge_txn
 from gateway.messages import Event, Inbound
 from gateway.metrics import Metrics
 from gateway.outbound import AllowlistResolver
-from gateway.pipeline.agent import Agent, ProviderSlot, Transfer
 from gateway.pipeline.core import Pipeline
-from gateway.plugin import Accepted, Channel, HistoryItem, LLMProvider
-from gateway.privacy.redaction import PlaceholderMap
+from gateway.plugin import Accepted, HistoryItem
+from gateway.reload import Reloader
 from gateway.store import Store, open_store
-from gateway.store.journal import PendingWork, get_state_txn, history_txn, set_state_txn
+from gateway.store.journal import get_state_txn, history_txn, set_state_txn
 from gateway.store.records import record_event_txn, update_delivery_txn
-from gateway.store.transfers import record_transfer_txn
 
 log = logging.getLogger("gateway")
 
@@ -55,6 +53,9 @@ class Running:
     store: Store
     restarts: dict[str, int]
     """Plugin restarts by supervisor label ("channel NAME"), as /status shows them."""
+    reloader: Reloader
+    """Applies a new config live (SIGHUP: gateway.reload.reload_from_disk); ``reloader.config``
+    is the config running now."""
 
 
 class CoreChannelContext:
@@ -127,67 +128,27 @@ class CoreChannelContext:
         return event_id
 
 
+def control_handlers(store: Store, pipeline: Pipeline) -> dict[str, Handler]:
+    """What ``gateway`` commands may ask of the running daemon (gateway.control)."""
+
+    async def rekey(request: dict[str, Any]) -> dict[str, Any]:
+        key = bytes.fromhex(str(request.get("key", "")))
+        if len(key) != 32:
+            raise ValueError("rekey needs a 32-byte key in hex")
+        return {"ok": True, "rewrapped": await store.rekey(key)}
+
+    async def status(request: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "channels": sorted(pipeline.channels)}
+
+    return {"rekey": rekey, "status": status}
+
+
 @dataclasses.dataclass(frozen=True)
 class ProviderContextImpl:
     name: str
     http: httpx.AsyncClient
     config_dir: str
     log: logging.Logger
-
-
-async def sync_knowledge(config: GatewayConfig, store: Store) -> None:
-    """Index each agent's knowledge folder (only changed files are rewritten)."""
-    for name, agent in config.agents.items():
-        chunks = []
-        if agent.knowledge_dir is not None:
-            chunks = await trio.to_thread.run_sync(load_chunks, agent.knowledge_dir)
-        report = await store.write("sync knowledge", sync_knowledge_txn, name, chunks)
-        if agent.knowledge_dir is not None:
-            log.info("knowledge of agent %s (%s): %s", name, agent.knowledge_dir, report)
-
-
-async def supervise(
-    label: str,
-    run: Callable[..., Awaitable[None]],
-    restarts: dict[str, int],
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run a plugin's ``run``; if it crashes or returns, log, count and restart it with backoff.
-
-    Reports started after the first start (or the first failure: a plugin that cannot start must
-    not keep the rest of the daemon from starting). Cancellation passes straight through.
-    """
-    delay = 1.0
-    reported = False
-    while True:
-        began = trio.current_time()
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(run)
-                if not reported:
-                    task_status.started()
-                    reported = True
-                log.info("%s started", label)
-        except Exception as exc:
-            log.error("%s crashed: %s", label, _describe(exc), exc_info=exc)
-        else:
-            log.warning("%s stopped by itself", label)
-        if not reported:
-            task_status.started()
-            reported = True
-        restarts[label] = restarts.get(label, 0) + 1
-        if trio.current_time() - began > 60:
-            delay = 1.0
-        log.info("restarting %s in %.0fs", label, delay)
-        await trio.sleep(delay)
-        delay = min(delay * 2, 60.0)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        return _describe(exc.exceptions[0])
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _hypercorn_config(bind: str, grace: float) -> hypercorn.config.Config:
@@ -216,7 +177,7 @@ async def serve(
     previous = trio.socket.set_custom_hostname_resolver(resolver)
     log.info("outbound hosts allowed: %s", ", ".join(sorted(resolver.allowed)))
     try:
-        await _serve_with_store(config, stop, environ, master, task_status)
+        await _serve_with_store(config, stop, environ, master, resolver, task_status)
     finally:
         trio.socket.set_custom_hostname_resolver(previous)
 
@@ -226,82 +187,40 @@ async def _serve_with_store(
     stop: trio.Event,
     environ: Mapping[str, str] | None,
     master: MasterKey,
+    resolver: AllowlistResolver,
     task_status: trio.TaskStatus[Running],
 ) -> None:
-    data_dir = config.data_dir
-    grace = config.gateway.shutdown_grace
-    providers: dict[str, LLMProvider] = {}
-    async with open_store(data_dir / DATABASE_FILE, master.derive("sqlcipher")) as store:
+    async with open_store(
+        config.data_dir / DATABASE_FILE,
+        master.derive("sqlcipher"),
+        dedupe_seed=master.derive("dedupe"),
+    ) as store:
         async with httpx.AsyncClient(timeout=30.0, follow_redirects=False) as http:
+            metrics = Metrics(
+                [name for name, entry in config.channels.items() if entry.config.enabled],
+                config.providers,
+            )
+
+            def provider_context(name: str) -> ProviderContextImpl:
+                logger = logging.getLogger(f"gateway.llm.{name}")
+                return ProviderContextImpl(name, http, str(config.config_dir), logger)
+
+            agents = AgentSet(store, metrics, provider_context)
             try:
-                for name, entry in config.providers.items():
-                    ctx = ProviderContextImpl(
-                        name, http, str(config.config_dir), logging.getLogger(f"gateway.llm.{name}")
-                    )
-                    providers[name] = entry.plugin.cls(name, entry.config, ctx)
-                slots = {
-                    name: ProviderSlot(name, entry.plugin.name, providers[name], entry.config)
-                    for name, entry in config.providers.items()
-                }
-
-                async def record(work: PendingWork, transfer: Transfer, *, agent: str) -> None:
-                    await store.write(
-                        "record transfer",
-                        record_transfer_txn,
-                        work.conversation_id,
-                        work.journal_id,
-                        agent,
-                        transfer,
-                    )
-
+                agents.install(await agents.build(config))
                 await sync_knowledge(config, store)
-
-                async def knowledge(text: str, *, agent: str, cfg: AgentConfig) -> str:
-                    found = await store.read(
-                        "search knowledge",
-                        search_knowledge_txn,
-                        agent,
-                        text,
-                        cfg.knowledge_snippets,
-                    )
-                    return format_snippets(found, cfg.knowledge_max_chars)
-
-                agents = {
-                    name: Agent(
-                        name,
-                        agent,
-                        [slots[p] for p in (agent.provider, *agent.failover)],
-                        local_only=config.local_only,
-                        redactor=redactor_for(agent),
-                        new_mapping=PlaceholderMap,
-                        record=functools.partial(record, agent=name),
-                        knowledge=functools.partial(knowledge, agent=name, cfg=agent)
-                        if agent.knowledge_dir
-                        else None,
-                    )
-                    for name, agent in config.agents.items()
-                }
-                metrics = Metrics(
-                    [name for name, entry in config.channels.items() if entry.config.enabled],
-                    config.providers,
-                )
-                for each in agents.values():
-                    each.metrics = metrics
                 pipeline = Pipeline(
                     store,
-                    agents,
-                    master.derive("dedupe"),
+                    agents.agents,
+                    store.dedupe_key,  # kept in the database: stable across key rotations
                     max_concurrent_answers=config.gateway.workers,
                     metrics=metrics,
                 )
-                await _run(config, store, http, pipeline, master, stop, grace, task_status)
+                await _run(
+                    config, store, http, pipeline, agents, master, resolver, stop, task_status
+                )
             finally:
-                with trio.CancelScope(shield=True):
-                    for provider in providers.values():
-                        try:
-                            await provider.aclose()
-                        except Exception:
-                            log.exception("closing a provider failed")
+                await agents.aclose()
 
 
 async def _run(
@@ -309,9 +228,10 @@ async def _run(
     store: Store,
     http: httpx.AsyncClient,
     pipeline: Pipeline,
+    agents: AgentSet,
     master: MasterKey,
+    resolver: AllowlistResolver,
     stop: trio.Event,
-    grace: float,
     task_status: trio.TaskStatus[Running],
 ) -> None:
     from gateway import notify
@@ -319,31 +239,43 @@ async def _run(
     restarts: dict[str, int] = {}
     stop_http = trio.Event()
     async with trio.open_nursery() as root:
-        plugins: dict[str, Channel] = {}
-        for name, entry in config.channels.items():
-            if not entry.config.enabled:
-                continue
-            ctx = CoreChannelContext(name, pipeline, store, http, config.http.public_url)
-            plugin = entry.plugin.cls(name, entry.config, ctx)
-            plugins[name] = plugin
-            pipeline.add_channel(name, entry.config, plugin)
+
+        def channel_context(name: str, public_url: str | None) -> CoreChannelContext:
+            return CoreChannelContext(name, pipeline, store, http, public_url)
+
+        reloader = Reloader(
+            config,
+            nursery=root,
+            pipeline=pipeline,
+            agents=agents,
+            store=store,
+            resolver=resolver,
+            restarts=restarts,
+            channel_context=channel_context,
+        )
+        created = reloader.create_channels()
         await root.start(pipeline.run)
-        for name, plugin in plugins.items():
-            await root.start(supervise, f"channel {name}", plugin.run, restarts)
-        public_urls, admin_urls = [
-            await root.start(
+        await reloader.run_channels(created)
+        await root.start(
+            serve_control, config.data_dir / CONTROL_SOCKET, control_handlers(store, pipeline)
+        )
+        servers = {
+            "public": (reloader.public_app, config.http.public_bind),
+            "admin": (reloader.admin_app, config.http.admin_bind),
+        }
+        hypercorn_configs = {}
+        urls = {}
+        for kind, (app, bind) in servers.items():
+            hypercorn_configs[kind] = _hypercorn_config(bind, config.gateway.shutdown_grace)
+            urls[kind] = await root.start(
                 functools.partial(
                     hypercorn.trio.serve,
                     app,
-                    _hypercorn_config(bind, grace),
+                    hypercorn_configs[kind],
                     shutdown_trigger=stop_http.wait,
                 )
             )
-            for app, bind in (
-                (make_public_app(plugins), config.http.public_bind),
-                (make_admin_app(config, pipeline, store, restarts), config.http.admin_bind),
-            )
-        ]
+        public_urls, admin_urls = urls["public"], urls["admin"]
         base = public_urls[0] if public_urls else ""
         chat_urls = {
             name: f"{base}/chat/{name}/"
@@ -351,15 +283,19 @@ async def _run(
             if entry.config.enabled and entry.plugin.name == "webchat"
         }
         task_status.started(
-            Running(public_urls, admin_urls, chat_urls, master, pipeline, store, restarts)
+            Running(public_urls, admin_urls, chat_urls, master, pipeline, store, restarts, reloader)
         )
         log.info("gateway started: public %s, admin %s", public_urls, admin_urls)
         notify.notify_ready(f"public {' '.join(public_urls)}, admin {' '.join(admin_urls)}")
         await root.start(notify.run_watchdog)
         await stop.wait()
+        await reloader.close()  # a reload in progress finishes first; none starts after
+        grace = reloader.config.gateway.shutdown_grace  # a reload may have changed it
         notify.notify_stopping(f"draining for up to {grace:.0f}s")
         log.info("shutting down: draining for up to %.0fs", grace)
         pipeline.accepting = False
+        for each in hypercorn_configs.values():
+            each.graceful_timeout = grace
         stop_http.set()
         with trio.move_on_after(grace) as drain:
             await pipeline.wait_idle()

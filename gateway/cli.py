@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return conversations_cli.run(config, args)
         if args.command == "keys":
             return keys_cli.run(config, args)
-        return cmd_run(config)
+        return cmd_run(config, registry)
     except GatewayError as exc:
         print(f"gateway: error: {exc}", file=sys.stderr)
         return 2
@@ -95,36 +95,28 @@ def cmd_check_config(file: str | None, registry: Registry) -> int:
     return 0
 
 
-def _check_reload(config: GatewayConfig, log: logging.Logger) -> None:
-    path = None if config.source == EMBEDDED else config.source
-    try:
-        load_config(path, load_registry())
-    except GatewayError as exc:
-        log.error("SIGHUP: the config on disk is NOT valid; still running the old one: %s", exc)
-        return
-    log.warning(
-        "SIGHUP: the config on disk is valid, but live reload is not supported yet: restart the "
-        "gateway to apply it (systemctl restart sovereign-gateway; SIGTERM drains first)"
-    )
-
-
-def cmd_run(config: GatewayConfig) -> int:
+def cmd_run(config: GatewayConfig, registry: Registry) -> int:
     setup_logging(config)
     log = logging.getLogger("gateway")
     from gateway.app import Running, serve
+    from gateway.reload import reload_from_disk
 
     async def _main() -> None:
         stop = trio.Event()
+        # One reload waits at most: the file is read when it starts, so a SIGHUP arriving while
+        # one waits adds nothing. A SIGHUP during start-up is applied once started.
+        request_reload, reload_requests = trio.open_memory_channel[None](1)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def _watch() -> None:
                     async for signum in signals:
                         if signum == signal.SIGHUP:
-                            # Python's default for SIGHUP is to die without draining. Live
-                            # reload is not built yet: say whether the file on disk is valid, so
-                            # the restart that applies it will not fail.
-                            await trio.to_thread.run_sync(_check_reload, config, log)
+                            log.info("SIGHUP received: reloading %s", config.source)
+                            try:
+                                request_reload.send_nowait(None)
+                            except trio.WouldBlock:
+                                pass
                             continue
                         if stop.is_set():
                             log.warning("second %s: stopping now", signal.Signals(signum).name)
@@ -142,6 +134,10 @@ def cmd_run(config: GatewayConfig) -> int:
 
                 running: Running = await nursery.start(_serve)
                 _announce(config, running)
+                # Until serve returns (which cancels this): the same registry and environment
+                # as at start-up, one reload at a time.
+                async for _ in reload_requests:
+                    await reload_from_disk(running.reloader, registry)
 
     try:
         trio.run(_main)

@@ -1,6 +1,8 @@
 """The public app: channel routes (webhooks, web chat pages) and a health check.
 
 Handlers stay thin (verify, journal, ack): hypercorn is the slowest layer (ARCHITECTURE.md).
+Built from the running channels at start-up and again by each config reload that changes them;
+gateway.http.swap serves the newest one while requests on an older one finish there.
 """
 
 from __future__ import annotations

@@ -146,12 +146,15 @@ def test_maintainer_scripts_parse_and_are_filled_in(control_dir, python_minor):
 
 def unit_root(tree: Path, tmp_path: Path) -> Path:
     """A root for ``systemd-analyze --root``: this host's units (sysinit.target, ...), the
-    packaged unit, and the packaged ExecStart program (verify checks it is executable)."""
+    packaged unit, and the programs of ExecStart and ExecReload (verify checks they are
+    executable)."""
     root = tmp_path / "root"
     shutil.copytree("/lib/systemd/system", root / "lib/systemd/system", symlinks=True)
     shutil.copy(tree / UNIT, root / UNIT)
     (root / PREFIX.lstrip("/") / "bin").mkdir(parents=True)
     shutil.copy2(tree / PREFIX.lstrip("/") / "bin/gateway", root / PREFIX.lstrip("/") / "bin")
+    (root / "bin").mkdir()
+    shutil.copy2("/bin/kill", root / "bin/kill")  # ExecReload=/bin/kill -HUP $MAINPID
     return root
 
 
