@@ -1,5 +1,6 @@
-"""``gateway keys status`` and ``gateway keys init``: where the master key lives, and creating it
-in the best place this machine offers (a systemd encrypted credential, else a 0600 key file)."""
+"""``gateway keys status``, ``init`` and ``rotate``: where the master key lives, creating it in
+the best place this machine offers (a systemd encrypted credential, else a 0600 key file), and
+replacing it online (gateway.keys_rotate)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,14 @@ CREDSTORE = Path("/etc/credstore.encrypted")
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("keys", help="master key: status, init")
-    p.add_argument("action", choices=["status", "init"])
+    p = sub.add_parser("keys", help="master key: status, init, rotate")
+    p.add_argument("action", choices=["status", "init", "rotate"])
+    p.add_argument(
+        "--finish",
+        action="store_true",
+        help="rotate: complete a rotation that was interrupted (uses whichever key opens the "
+        "database)",
+    )
     p.add_argument("--config", "-c", metavar="FILE", help="TOML config file")
     p.add_argument(
         "--to",
@@ -47,6 +54,12 @@ def add_parser(sub: Any) -> None:
 def run(config: GatewayConfig, args: argparse.Namespace) -> int:
     if args.action == "status":
         return status(config)
+    if args.action == "rotate":
+        from gateway import keys_rotate
+
+        if args.finish:
+            return keys_rotate.finish(config, args.credstore)
+        return keys_rotate.rotate(config, args.credstore)
     return init(config, args.to, args.credstore)
 
 

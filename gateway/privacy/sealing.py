@@ -43,6 +43,27 @@ class Sealer:
         self._wrap = AESGCM(wrap_key)
         self.root = root
 
+    def rewrap_all(self, conn: sqlite3.Connection, new_wrap_key: bytes) -> int:
+        """Re-wrap every live contact key under ``new_wrap_key`` (in the caller's transaction;
+        call ``use_wrap_key`` once it committed). Returns how many keys were re-wrapped."""
+        new = AESGCM(new_wrap_key)
+        rows = conn.execute(
+            "SELECT contact_id, wrapped FROM contact_keys WHERE destroyed_at IS NULL"
+        ).fetchall()
+        for contact_id, wrapped in rows:
+            blob = bytes(wrapped)
+            aad = str(contact_id).encode()
+            key = self._wrap.decrypt(blob[:12], blob[12:], aad)
+            nonce = secrets.token_bytes(12)
+            conn.execute(
+                "UPDATE contact_keys SET wrapped = ? WHERE contact_id = ?",
+                (nonce + new.encrypt(nonce, key, aad), contact_id),
+            )
+        return len(rows)
+
+    def use_wrap_key(self, wrap_key: bytes) -> None:
+        self._wrap = AESGCM(wrap_key)
+
     def contact_key(self, conn: sqlite3.Connection, contact_id: int, *, create: bool) -> bytes:
         row = conn.execute(
             "SELECT wrapped, destroyed_at FROM contact_keys WHERE contact_id = ?", (contact_id,)

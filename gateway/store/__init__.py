@@ -20,6 +20,7 @@ import gateway.store.db  # noqa: F401
 import contextlib
 import functools
 import logging
+import secrets
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -36,19 +37,30 @@ from gateway.store.writer import Writer
 log = logging.getLogger("gateway.store")
 T = TypeVar("T")
 ATTACHMENTS_DIR = "attachments"
+READERS = 4
 
 
 class Store:
-    def __init__(self, path: Path, key: bytes, writer: Writer) -> None:
+    def __init__(
+        self,
+        path: Path,
+        key: bytes,
+        writer: Writer,
+        *,
+        wrap_key: bytes | None = None,
+        dedupe_key: bytes = b"",
+    ) -> None:
         self.path = path
         self._key = key
         self._writer = writer
         self._idle: list[sqlite_utils.Database] = []
         self._lock = threading.Lock()
         # Reads are cheap under WAL but each holds a thread; a few suffice.
-        self._read_limiter = trio.CapacityLimiter(4)
-        self.sealer = Sealer(derive_wrap_key(key), path.parent / ATTACHMENTS_DIR)
+        self._read_limiter = trio.CapacityLimiter(READERS)
+        self.sealer = Sealer(wrap_key or derive_wrap_key(key), path.parent / ATTACHMENTS_DIR)
         """Seals attachments per contact (files under ``<data dir>/attachments``)."""
+        self.dedupe_key = dedupe_key
+        """Keys the journal's dedupe hashes; kept in the database, stable across rotations."""
 
     async def write(self, desc: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(db, *args, **kwargs)`` in the writer's next transaction; return once committed."""
@@ -75,6 +87,29 @@ class Store:
             with self._lock:
                 self._idle.append(db)
 
+    async def rekey(self, new_key: bytes) -> int:
+        """Rotate online: re-wrap every contact key under a fresh wrap key, then re-encrypt the
+        database under ``new_key`` (SQLCipher ``PRAGMA rekey``, one transaction), while reads
+        wait and writes queue. Returns how many contact keys were re-wrapped."""
+        # Hold every reader slot: a reader keyed with the old key must not read meanwhile.
+        holders = [object() for _ in range(READERS)]
+        held: list[object] = []
+        try:
+            for holder in holders:
+                await self._read_limiter.acquire_on_behalf_of(holder)
+                held.append(holder)
+            new_wrap = secrets.token_bytes(32)
+            count: int = await self._writer.run(
+                "rotate keys", _rekey_sync, self.sealer, new_wrap, new_key, exclusive=True
+            )
+            self._close_readers()
+            self._key = new_key
+        finally:
+            for holder in held:
+                self._read_limiter.release_on_behalf_of(holder)
+        log.info("database re-keyed; %d contact keys re-wrapped", count)
+        return count
+
     @property
     def stats(self) -> dict[str, int]:
         return {"commits": self._writer.commits, "writes": self._writer.jobs}
@@ -87,8 +122,13 @@ class Store:
 
 
 @contextlib.asynccontextmanager
-async def open_store(path: Path, key: bytes) -> AsyncIterator[Store]:
-    """Open (creating if needed) the encrypted database, migrate it, start the writer."""
+async def open_store(
+    path: Path, key: bytes, *, dedupe_seed: bytes | None = None
+) -> AsyncIterator[Store]:
+    """Open (creating if needed) the encrypted database, migrate it, start the writer.
+
+    ``dedupe_seed`` is the dedupe key a database gets the first time (the daemon passes the one
+    it always derived from the master key, so existing journals keep matching)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def _open() -> sqlite_utils.Database:
@@ -101,9 +141,12 @@ async def open_store(path: Path, key: bytes) -> AsyncIterator[Store]:
         return db
 
     db = await trio.to_thread.run_sync(_open)
+    wrap_key, dedupe_key = await trio.to_thread.run_sync(
+        _store_keys, db, key, dedupe_seed or secrets.token_bytes(32)
+    )
     writer = Writer(db)
     writer.start()
-    store = Store(path, key, writer)
+    store = Store(path, key, writer, wrap_key=wrap_key, dedupe_key=dedupe_key)
     try:
         yield store
     finally:
@@ -111,3 +154,40 @@ async def open_store(path: Path, key: bytes) -> AsyncIterator[Store]:
             await writer.stop()
             store._close_readers()
             db.conn.close()
+
+
+def _store_keys(db: sqlite_utils.Database, key: bytes, dedupe_seed: bytes) -> tuple[bytes, bytes]:
+    """The wrap and dedupe keys kept in the database, created on first use. The first wrap key
+    is the one earlier versions derived from the store key, so existing contact keys open."""
+    conn = db.conn
+    with conn:
+        for name, value in (("contact-wrap", derive_wrap_key(key)), ("dedupe", dedupe_seed)):
+            conn.execute(
+                "INSERT OR IGNORE INTO store_keys (name, value, created_at) "
+                "VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ'))",
+                (name, value),
+            )
+    rows = dict(conn.execute("SELECT name, value FROM store_keys").fetchall())
+    return bytes(rows["contact-wrap"]), bytes(rows["dedupe"])
+
+
+def _rekey_sync(db: sqlite_utils.Database, sealer: Sealer, new_wrap: bytes, new_key: bytes) -> int:
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        count = sealer.rewrap_all(conn, new_wrap)
+        conn.execute(
+            "UPDATE store_keys SET value = ?, created_at = strftime('%Y-%m-%dT%H:%M:%fZ') "
+            "WHERE name = 'contact-wrap'",
+            (new_wrap,),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    sealer.use_wrap_key(new_wrap)  # here, on the writer thread: the next job already uses it
+    # If the process dies between the commit above and the re-key below, the database still
+    # opens with the old master key and holds the new wrap key: consistent either way.
+    conn.execute(f"PRAGMA rekey = \"x'{new_key.hex()}'\"")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return count

@@ -39,8 +39,13 @@ def connect(path: Path, key: bytes, *, readonly: bool = False) -> sqlite_utils.D
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlcipher3.DatabaseError:
         conn.close()
+        hint = ""
+        if (path.parent / "master.key.next").exists() or Path(
+            "/etc/credstore.encrypted/gateway-master-key.next"
+        ).exists():
+            hint = "; a key rotation was interrupted: run `gateway keys rotate --finish`"
         raise MasterKeyError(
-            f"the master key does not open {path}: wrong key, or not a gateway database"
+            f"the master key does not open {path}: wrong key, or not a gateway database{hint}"
         ) from None
     conn.execute("PRAGMA journal_mode = WAL")
     # NORMAL under WAL: a commit survives a process crash (kill -9); only power loss can

@@ -24,12 +24,15 @@ MAX_BATCH = 512
 
 
 class Job:
-    __slots__ = ("desc", "fn", "args", "result", "error", "event")
+    __slots__ = ("desc", "fn", "args", "result", "error", "event", "exclusive")
 
-    def __init__(self, desc: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def __init__(
+        self, desc: str, fn: Callable[..., Any], args: tuple[Any, ...], exclusive: bool = False
+    ) -> None:
         self.desc = desc
         self.fn = fn
         self.args = args
+        self.exclusive = exclusive
         self.result: Any = None
         self.error: BaseException | None = None
         self.event = trio.Event()
@@ -51,12 +54,16 @@ class Writer:
     def start(self) -> None:
         self._thread.start()
 
-    async def run(self, desc: str, fn: Callable[..., Any], *args: Any) -> Any:
+    async def run(
+        self, desc: str, fn: Callable[..., Any], *args: Any, exclusive: bool = False
+    ) -> Any:
+        """Run ``fn(db, *args)`` in the next group transaction; ``exclusive`` runs it alone and
+        outside any transaction (it manages its own, e.g. a re-key)."""
         if self.failed:
             from gateway.errors import StoreError
 
             raise StoreError("the database writer has stopped after an error; see the log")
-        job = Job(desc, fn, args)
+        job = Job(desc, fn, args, exclusive)
         self._queue.put(job)
         # Not shielded: a cancelled caller stops waiting, the write still happens; every
         # txn is safe to have happened without its caller knowing (dedupe keys, states).
@@ -72,10 +79,15 @@ class Writer:
     def _loop(self) -> None:
         conn = self._db.conn
         stopping = False
+        held: Any = None
         while not stopping:
-            item = self._queue.get()
+            item = held if held is not None else self._queue.get()
+            held = None
             if item is _STOP:
                 break
+            if item.exclusive:
+                self._run_exclusive(item)
+                continue
             batch: list[Job] = [item]
             while len(batch) < MAX_BATCH:
                 try:
@@ -84,6 +96,9 @@ class Writer:
                     break
                 if nxt is _STOP:
                     stopping = True
+                    break
+                if nxt.exclusive:
+                    held = nxt  # after this batch commits, alone
                     break
                 batch.append(nxt)
             started = time.perf_counter()
@@ -119,6 +134,19 @@ class Writer:
                 self._token.run_sync_soon(_wake, batch)
             except trio.RunFinishedError:  # pragma: no cover - the loop ended under us
                 return
+
+    def _run_exclusive(self, job: Job) -> None:
+        try:
+            job.result = job.fn(self._db, *job.args)
+        except Exception as exc:
+            job.error = exc
+            if self._db.conn.in_transaction:
+                self._db.conn.rollback()
+        self.jobs += 1
+        try:
+            self._token.run_sync_soon(_wake, [job])
+        except trio.RunFinishedError:  # pragma: no cover - the loop ended under us
+            return
 
 
 def _wake(batch: list[Job]) -> None:
