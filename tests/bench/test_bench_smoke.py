@@ -1,0 +1,112 @@
+"""The benchmarks still run and still report every figure the issue asks for (issue #9).
+
+Each script runs at a tiny size as its own process, as a user runs it; no speed is asserted
+(this machine's figures mean nothing at 20 messages), only the report's shape and that no
+reply was lost or sent twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+pytestmark = pytest.mark.slow
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+TINY_LOAD = ["--messages", "20", "--chats", "5", "--warmup", "5"]
+TINY_CEILINGS = ["--requests", "50", "--rows", "500", "--repeat", "1", "--writes", "200"]
+PERCENTILES = r"p50 +[\d.]+ ms +p95 +[\d.]+ ms +p99 +[\d.]+ ms"
+
+
+async def bench(script: str, *args: str) -> str:
+    with trio.fail_after(180):
+        done = await trio.run_process(
+            [sys.executable, str(BENCH / script), *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    out = done.stdout.decode()
+    assert done.returncode == 0, out + done.stderr.decode()[-4000:]
+    return out
+
+
+def figure(report: str, label: str) -> str:
+    """The rest of the report line starting with ``label``."""
+    match = re.search(rf"^\s*{re.escape(label)}\s+(.*)$", report, re.MULTILINE)
+    assert match, f"no {label!r} line in:\n{report}"
+    return match.group(1)
+
+
+def assert_load_report(report: str, *, webhook: bool) -> None:
+    assert float(figure(report, "replies/s").split()[0]) > 0
+    assert re.fullmatch(PERCENTILES, figure(report, "e2e latency"))
+    assert figure(report, "lost").split()[0] == "0"
+    assert figure(report, "duplicated").split()[0] == "0"
+    assert re.match(r"[\d.]+ s ", figure(report, "daemon CPU"))
+    assert re.match(r"[\d.]+ MiB", figure(report, "peak RSS"))
+    if webhook:
+        assert re.fullmatch(PERCENTILES, figure(report, "webhook ack"))
+
+
+async def test_polling_report() -> None:
+    report = await bench("load.py", *TINY_LOAD)
+    assert "mode=polling" in report
+    assert_load_report(report, webhook=False)
+
+
+async def test_whatsapp_paced_with_a_slow_model_reports_added_latency() -> None:
+    report = await bench(
+        "load.py", "--whatsapp", "--model-latency", "200", "--rate", "40", *TINY_LOAD
+    )
+    assert "mode=whatsapp" in report and "load=40/s" in report
+    assert_load_report(report, webhook=True)
+    assert re.fullmatch(PERCENTILES, figure(report, "added latency"))
+
+
+async def test_ceilings_report() -> None:
+    report = await bench("ceilings.py", *TINY_CEILINGS)
+    for server in ("bare ASGI on hypercorn-trio", "gateway QuartTrio app on hypercorn-trio"):
+        assert f"webhook ceiling: {server}" in report
+    assert len(re.findall(r"^\s+requests/s\s+[\d.]+$", report, re.MULTILINE)) == 2
+    assert len(re.findall(rf"^\s+ack latency\s+{PERCENTILES}$", report, re.MULTILINE)) == 2
+    assert (
+        len(
+            re.findall(
+                r"^\s+(plain SQLite|sqlcipher3 without key|SQLCipher, raw key)"
+                r".*\s\d+ rows/s$",
+                report,
+                re.MULTILINE,
+            )
+        )
+        == 3
+    )
+    assert re.match(r"[\d.]+ ", figure(report, "ratio SQLCipher ÷ plain SQLite"))
+    assert re.match(r"\d+ ", figure(report, "acknowledged writes/s"))
+
+
+async def test_all_reports_ratios_for_both_webhooks() -> None:
+    args = [*TINY_LOAD, "--model-latency", "0", "--modes", "webhook,whatsapp", *TINY_CEILINGS]
+    report = await bench("all.py", *args)
+    for mode in ("webhook", "whatsapp"):
+        name = f"{mode}, model 0 ms"
+        assert re.match(r"[\d.]+ ", figure(report, f"replies/s ÷ asgi webhook ceiling ({name})"))
+        assert re.match(r"[\d.]+ ", figure(report, f"added latency p99 at half load, ms ({name})"))
+        runs = re.findall(rf"^{mode}\s+0ms\s+(burst|[\d.]+/s)\s.*\s0\s+0\s", report, re.MULTILINE)
+        assert len(runs) == 2, report  # a burst and a paced run at half its rate, 0 lost 0 dup
+    assert re.match(r"[\d.]+ ", figure(report, "SQLCipher ÷ plain SQLite (group-commit inserts)"))
+
+
+async def test_json_output_is_one_object_with_the_figures() -> None:
+    result: dict[str, Any] = json.loads(await bench("load.py", "--webhook", "--json", *TINY_LOAD))
+    assert result["lost"] == result["duplicated"] == result["unexpected"] == 0
+    assert result["replies"] == 20
+    for key in ("e2e_ms", "ack_ms"):
+        assert set(result[key]) == {"p50", "p95", "p99"}
+    assert result["daemon_cpu_s"] > 0 and result["peak_rss_mib"] > 0
