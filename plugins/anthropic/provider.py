@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 
 def _sdk() -> Any:
-    """The anthropic SDK, imported on first use: it costs ~40 MiB of memory, which a gateway
+    """The anthropic SDK, imported when a provider is configured: it costs ~40 MiB of memory, which a gateway
     that merely has this plugin installed (the registry imports every plugin) should not pay."""
     import anthropic
 
@@ -129,6 +129,9 @@ class AnthropicProvider:
         self.context = context
         self._client: anthropic.AsyncAnthropic | None = None
         self._closed = False
+        # The SDK is imported here, when a provider is configured, not at the first message:
+        # its ~0.5 s import would otherwise stall the event loop (acks included) then.
+        _sdk()
         self._server = urlsplit(self.config.base_url).netloc
 
     def _get_client(self) -> anthropic.AsyncAnthropic:

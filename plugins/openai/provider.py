@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 
 def _sdk() -> Any:
-    """The openai SDK, imported on first use: ~30 MiB of memory that a gateway which merely has
+    """The openai SDK, imported when a provider is configured: ~30 MiB of memory that a gateway which merely has
     this plugin installed (the registry imports every plugin) should not pay."""
     import openai
 
@@ -109,6 +109,9 @@ class OpenAIProvider:
         self.context = context
         self._client: openai.AsyncOpenAI | None = None
         self._closed = False
+        # The SDK is imported here, when a provider is configured, not at the first message:
+        # its ~0.5 s import would otherwise stall the event loop (acks included) then.
+        _sdk()
         host = urlsplit(self.config.base_url).hostname or ""
         self._server = urlsplit(self.config.base_url).netloc
         self._limit_param = "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
