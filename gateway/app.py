@@ -196,7 +196,11 @@ async def _serve_with_store(
         master.derive("sqlcipher"),
         dedupe_seed=master.derive("dedupe"),
     ) as store:
-        async with httpx.AsyncClient(timeout=30.0, follow_redirects=False) as http:
+        async with httpx.AsyncClient(
+            timeout=30.0,
+            follow_redirects=False,
+            event_hooks={"request": [resolver.check_request]},
+        ) as http:
             metrics = Metrics(
                 [name for name, entry in config.channels.items() if entry.config.enabled],
                 config.providers,

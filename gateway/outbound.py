@@ -13,17 +13,19 @@ only come from a URL someone wrote into the config.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import trio
 
 log = logging.getLogger("gateway.outbound")
 
-ALWAYS = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+ALWAYS = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "127.0.0.1", "::1"})
 
 
 def hosts_in(values: Iterable[Any]) -> set[str]:
@@ -81,6 +83,23 @@ class AllowlistResolver(trio.abc.HostnameResolver):
         return await trio.to_thread.run_sync(
             socket.getaddrinfo, host, port, family, type, proto, flags, abandon_on_cancel=True
         )
+
+    async def check_request(self, request: httpx.Request) -> None:
+        """An httpx request hook for the daemon's shared client. trio hands an IP literal
+        straight to the socket without asking the resolver, so a numeric host is checked here
+        against the same allowlist (config URLs and ``outbound_hosts`` may name IPs)."""
+        host = request.url.host
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return  # a name: the resolver decides
+        if not self.permits(host):
+            self.refused.append(host)
+            log.warning("outbound connection to %s refused: no URL in the config names it", host)
+            raise httpx.ConnectError(
+                f"{host} is not an allowed outbound host ([gateway] outbound_hosts)",
+                request=request,
+            )
 
     async def getnameinfo(self, sockaddr: Any, flags: int) -> tuple[str, str]:
         return await trio.to_thread.run_sync(

@@ -54,7 +54,7 @@ async def test_unnamed_host_is_refused_for_every_client_while_named_ones_work(tm
     env = {"TELEGRAM_TOKEN": TOKEN, "OPENAI_API_KEY": "sk-x"}
     async with open_fake_telegram(TOKEN) as tg, open_fake_openai() as llm:
         text = CONFIG.format(tg_port=tg.port, llm_port=llm.port)
-        async with open_gateway(text, load_registry(), tmp_path, environ=env):
+        async with open_gateway(text, load_registry(), tmp_path, environ=env) as gw:
             # The configured channel and provider reach "localhost" by name...
             tg.push_message(42, "hello by name")
             (reply,) = await tg.wait_sent(1)
@@ -63,7 +63,15 @@ async def test_unnamed_host_is_refused_for_every_client_while_named_ones_work(tm
             async with httpx.AsyncClient() as client:
                 with pytest.raises(httpx.ConnectError, match="not an allowed outbound host"):
                     await client.get("http://telemetry.vendor.example/ping")
+            # An IP literal never reaches a resolver: the shared client checks it itself, and
+            # lets through the loopback address the config names.
+            shared = gw.channel("bot").context.http
+            with pytest.raises(httpx.ConnectError, match="not an allowed outbound host"):
+                await shared.get("http://192.0.2.7/ping")
+            named = await shared.get(f"http://127.0.0.1:{llm.port}/v1/models")
+            assert named.status_code < 500
     assert "outbound connection to telemetry.vendor.example refused" in caplog.text
+    assert "outbound connection to 192.0.2.7 refused" in caplog.text
     # After the gateway stops, its resolver is gone from this trio run.
     import trio
 
