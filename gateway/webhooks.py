@@ -42,15 +42,20 @@ __all__ = [
 
 DEFAULT_MAX_BODY = 1 << 20
 """1 MiB: far above any platform's event batch, far below a memory problem."""
+DRAIN_LIMIT = 8 << 20
+"""Up to 8 MiB of an oversized body is read and dropped (keeping the connection); beyond, the
+connection is closed."""
 
 
 class WebhookRefused(Exception):
     """A webhook request that must not be processed; ``status`` is the 4xx to answer."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, close: bool = False) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.close = close
+        """The request body was not read to its end: the connection must not be reused."""
 
 
 def plain(status: int, text: str) -> quart.Response:
@@ -59,7 +64,7 @@ def plain(status: int, text: str) -> quart.Response:
 
 def refusal(exc: WebhookRefused) -> quart.Response:
     response = plain(exc.status, exc.reason)
-    if exc.status == 413:
+    if exc.close:
         # The body was not read: a kept-alive connection would hang on its unread rest.
         response.headers["Connection"] = "close"
     return response
@@ -71,22 +76,28 @@ async def read_body(
     content_types: Iterable[str] = ("application/json",),
     limit: int = DEFAULT_MAX_BODY,
 ) -> bytes:
-    """The raw body (signatures are over the exact bytes), or WebhookRefused 415/413."""
+    """The raw body (signatures are over the exact bytes), or WebhookRefused 415/413.
+
+    A body somewhat over the limit is read to its end and dropped before the 413, so the
+    client's keep-alive connection stays usable; past ``DRAIN_LIMIT`` the connection is closed
+    instead (``refusal`` adds ``Connection: close``)."""
     wanted = tuple(content_types)
     given = (request.mimetype or "").lower()
     if wanted and given not in wanted:
         raise WebhookRefused(
             415, f"content type {given or 'missing'!r} not accepted; send {' or '.join(wanted)}"
         )
-    if (request.content_length or 0) > limit:
-        raise WebhookRefused(413, f"body larger than {limit} bytes")
+    declared = request.content_length or 0
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.body:
         size += len(chunk)
-        if size > limit:
-            raise WebhookRefused(413, f"body larger than {limit} bytes")
-        chunks.append(chunk)
+        if size > DRAIN_LIMIT or declared > DRAIN_LIMIT:
+            raise WebhookRefused(413, f"body larger than {limit} bytes", close=True)
+        if size <= limit:
+            chunks.append(chunk)
+    if size > limit or declared > limit:
+        raise WebhookRefused(413, f"body larger than {limit} bytes")
     return b"".join(chunks)
 
 

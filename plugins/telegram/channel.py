@@ -28,6 +28,7 @@ from gateway.errors import PluginError, SendError, StoreError
 from gateway.messages import Inbound, Outbound, SendResult
 from gateway.plugin import ChannelConfig, ChannelContext
 from gateway.secretref import Secret
+from gateway.webhooks import WebhookRefused, read_body, refusal
 
 from .convert import bot_id_from_token, send_error, update_to_inbound
 
@@ -338,9 +339,11 @@ class TelegramChannel:
         if not hmac.compare_digest(given.encode(), self.config.webhook_secret.reveal().encode()):
             self.log.warning("telegram webhook: request with a wrong secret token refused")
             return _plain(403, "wrong secret token")
-        if (quart.request.content_length or 0) > _MAX_UPDATE_BYTES:
-            return _plain(413, "update too large")
-        body = await quart.request.get_data()
+        try:
+            # Any content type: Telegram sends JSON, and the parse below says so if it is not.
+            body = await read_body(quart.request, content_types=(), limit=_MAX_UPDATE_BYTES)
+        except WebhookRefused as exc:
+            return refusal(exc)
         try:
             update = json.loads(body)
         except ValueError:

@@ -137,12 +137,7 @@ class WhatsAppChannel:
             )
         except WebhookRefused as exc:
             self.log.warning("whatsapp webhook refused (%d): %s", exc.status, exc.reason)
-            response = refusal(exc)
-            if exc.status == 413:
-                # The rest of the body is never read: without this, hypercorn keeps the
-                # connection open and the client's next request on it hangs.
-                response.headers["Connection"] = "close"
-            return response
+            return refusal(exc)  # closes the connection if the body was left unread
         except OtherProduct as exc:
             # Signed with our app secret, so it is Meta's: the app's webhook for that product
             # points here. A 4xx would only make Meta retry it for days.
