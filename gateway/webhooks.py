@@ -6,7 +6,10 @@
 - :func:`verify_hub_signature` checks Meta's ``X-Hub-Signature-256`` (WhatsApp, Messenger,
   Instagram) and :func:`verify_twilio_signature` Twilio's ``X-Twilio-Signature``. Both compare
   in constant time, **fail closed** (no secret configured: every request is refused) and never
-  put the expected value in an error.
+  put the expected value in an error;
+- :func:`meta_handshake` answers Meta's subscription GET and :func:`read_meta_notification`
+  reads a signed Meta POST, the two halves every Meta webhook (WhatsApp, Messenger, Instagram)
+  shares.
 
 Each raises :class:`WebhookRefused` with an HTTP status and a short reason safe to send back;
 :func:`refusal` turns it into a plain-text response. A route that catches it logs the reason
@@ -19,6 +22,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -29,10 +33,13 @@ from gateway.secretref import Secret
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "META_SIGNATURE_HEADER",
     "WebhookRefused",
+    "meta_handshake",
     "parse_json_object",
     "plain",
     "read_body",
+    "read_meta_notification",
     "refusal",
     "twilio_signature",
     "verify_hub_signature",
@@ -40,6 +47,8 @@ __all__ = [
     "verify_twilio_signature",
 ]
 
+META_SIGNATURE_HEADER = "X-Hub-Signature-256"
+"""Where Meta puts ``sha256=<hex HMAC of the body with the app secret>``."""
 DEFAULT_MAX_BODY = 1 << 20
 """1 MiB: far above any platform's event batch, far below a memory problem."""
 DRAIN_LIMIT = 8 << 20
@@ -150,6 +159,41 @@ def verify_subscription(args: Mapping[str, str], verify_token: Secret | str | No
     if expected is None or not hmac.compare_digest(given, expected):
         raise WebhookRefused(403, "verify token does not match")
     return challenge
+
+
+def meta_handshake(
+    request: quart.Request,
+    verify_token: Secret | str | None,
+    log: logging.Logger,
+    label: str,
+) -> quart.Response:
+    """Answer Meta's webhook handshake (the GET of :func:`verify_subscription`) on ``request``.
+
+    200 with the challenge when ``verify_token`` matches, else the 400/403 of :func:`refusal`.
+    Both outcomes are logged to ``log`` with ``label`` (which channel) in front; the tokens
+    never are. A channel's GET route returns what this returns.
+    """
+    try:
+        challenge = verify_subscription(request.args, verify_token)
+    except WebhookRefused as exc:
+        log.warning("%s webhook handshake refused (%d): %s", label, exc.status, exc.reason)
+        return refusal(exc)
+    log.info("%s webhook handshake answered: Meta subscribed the URL", label)
+    return plain(200, challenge)
+
+
+async def read_meta_notification(
+    request: quart.Request, app_secret: Secret | str | bytes | None
+) -> dict[str, Any]:
+    """The JSON object a Meta webhook POST carries: the body read with :func:`read_body`, its
+    :data:`META_SIGNATURE_HEADER` checked against ``app_secret`` (:func:`verify_hub_signature`,
+    fail closed), then parsed with :func:`parse_json_object`.
+
+    Raises :class:`WebhookRefused` (413/415/403/400); the caller answers with :func:`refusal`.
+    """
+    body = await read_body(request)
+    verify_hub_signature(app_secret, body, request.headers.get(META_SIGNATURE_HEADER))
+    return parse_json_object(body)
 
 
 def twilio_signature(token: bytes, url: str, params: Mapping[str, list[str]]) -> str:

@@ -23,7 +23,7 @@ import h11
 import httpx
 import trio
 
-from gateway.testing._http import next_event
+from gateway.testing._http import read_request
 
 DEFAULT_ACCOUNT_SID = "AC" + "fa4e" * 8
 DEFAULT_AUTH_TOKEN = "fake-twilio-auth-token-0123456789"
@@ -200,22 +200,11 @@ class TwilioApi:
         conn = h11.Connection(h11.SERVER)
         try:
             async with stream:
-                while True:
-                    event = await next_event(stream, conn)
-                    if not isinstance(event, h11.Request):
-                        return
-                    body = bytearray()
-                    while not isinstance(part := await next_event(stream, conn), h11.EndOfMessage):
-                        if not isinstance(part, h11.Data):
-                            return
-                        body += part.data
-                    headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
+                while (request := await read_request(stream, conn)) is not None:
+                    event, headers, body = request
                     try:
                         status, extra, payload = await self._route(
-                            event.method.decode(),
-                            event.target.decode("latin-1"),
-                            headers,
-                            bytes(body),
+                            event.method.decode(), event.target.decode("latin-1"), headers, body
                         )
                     except _Disconnect:
                         return

@@ -5,8 +5,6 @@ module. A bare trio + h11 loop, like the other fakes, so it never bottlenecks a 
 from __future__ import annotations
 
 import dataclasses
-import email.parser
-import email.policy
 import hashlib
 import itertools
 import json
@@ -19,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 import h11
 import trio
 
-from gateway.testing._http import next_event
+from gateway.testing._http import parse_multipart, read_request
 
 WINDOW_SECONDS = 24 * 3600
 
@@ -153,11 +151,8 @@ class GraphApi:
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 16)
         try:
-            while True:
-                request, body = await _read_request(conn, stream)
-                if request is None:
-                    return
-                headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
+            while (received := await read_request(stream, conn)) is not None:
+                request, headers, body = received
                 try:
                     status, out, extra = await self._route(
                         request.method.decode(), request.target.decode("latin-1"), headers, body
@@ -287,9 +282,7 @@ class GraphApi:
         return re.sub(r"\{\{(\d+)\}\}", lambda m: params[int(m.group(1)) - 1], body)
 
     def _upload(self, content_type: str, body: bytes) -> dict[str, Any]:
-        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            f"Content-Type: {content_type}\r\n\r\n".encode() + body
-        )
+        message = parse_multipart(content_type, body)
         if not message.is_multipart():
             raise _ApiError(400, 100, "upload must be multipart/form-data")
         fields: dict[str, tuple[bytes, str]] = {}
@@ -343,21 +336,6 @@ def _json(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _ApiError(400, 100, "request body must be a JSON object")
     return value
-
-
-async def _read_request(
-    conn: h11.Connection, stream: trio.SocketStream
-) -> tuple[h11.Request | None, bytes]:
-    request = await next_event(stream, conn)
-    body = bytearray()
-    while isinstance(request, h11.Request):
-        part = await next_event(stream, conn)
-        if isinstance(part, h11.EndOfMessage):
-            return request, bytes(body)
-        if not isinstance(part, h11.Data):
-            break
-        body += part.data
-    return None, b""
 
 
 async def _respond(

@@ -5,8 +5,6 @@ the public face."""
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -15,7 +13,7 @@ from urllib.parse import parse_qsl
 import h11
 import trio
 
-from gateway.testing._http import next_event, send_json
+from gateway.testing._http import parse_multipart, read_request, send_json
 
 MAX_BODY = 32 << 20
 
@@ -42,18 +40,9 @@ async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY)
     try:
         async with stream:
-            while True:
-                event = await next_event(stream, conn)
-                if not isinstance(event, h11.Request):
-                    return
-                body = bytearray()
-                while not isinstance(part := await next_event(stream, conn), h11.EndOfMessage):
-                    if not isinstance(part, h11.Data):
-                        return
-                    body += part.data
-                headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
+            while (request := await read_request(stream, conn)) is not None:
                 try:
-                    await handler(stream, conn, event, headers, bytes(body))
+                    await handler(stream, conn, *request)
                 except Disconnect:
                     return
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -111,10 +100,8 @@ def body_params(content_type: str, body: bytes) -> dict[str, Any]:
     if content_type.startswith("application/x-www-form-urlencoded"):
         return dict(parse_qsl(body.decode()))
     if content_type.startswith("multipart/form-data"):
-        head = f"Content-Type: {content_type}\r\n\r\n".encode()
-        parsed = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
         fields: dict[str, Any] = {}
-        for part in parsed.iter_parts():
+        for part in parse_multipart(content_type, body).iter_parts():
             name = part.get_param("name", header="content-disposition")
             data = part.get_payload(decode=True)
             if part.get_filename() is not None:

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import abc
 import argparse
+import email.message
+import email.parser
+import email.policy
 import inspect
 import itertools
 import json
@@ -23,7 +26,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import h11
 import trio
@@ -35,7 +38,15 @@ ReplyFunction = Callable[[dict[str, Any]], "str | dict[str, Any]"]
 
 OnRequest = Callable[["RecordedRequest"], "Awaitable[None] | None"]
 
-ServerT = TypeVar("ServerT", bound="ScriptedModelServer")
+
+class Servable(Protocol):
+    """A fake server: ``serve(task_status=...)`` listens, reports readiness, runs until cancelled."""
+
+    @property
+    def serve(self) -> Callable[..., Awaitable[None]]: ...
+
+
+ServerT = TypeVar("ServerT", bound=Servable)
 
 
 @dataclass(frozen=True)
@@ -312,6 +323,33 @@ async def next_event(stream: trio.SocketStream, conn: h11.Connection) -> Any:
         return event
 
 
+async def read_request(
+    stream: trio.SocketStream, conn: h11.Connection
+) -> tuple[h11.Request, dict[str, str], bytes] | None:
+    """The next request on a keep-alive connection: the request line, its headers (names
+    lower-cased, the last value wins) and its whole body. None when the client closed the
+    connection, before a request or in the middle of one."""
+    event = await next_event(stream, conn)
+    if not isinstance(event, h11.Request):
+        return None
+    body = bytearray()
+    while not isinstance(part := await next_event(stream, conn), h11.EndOfMessage):
+        if not isinstance(part, h11.Data):
+            return None
+        body += part.data
+    headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
+    return event, headers, bytes(body)
+
+
+def parse_multipart(content_type: str, body: bytes) -> email.message.EmailMessage:
+    """A request body of ``content_type`` as a MIME message; iterate its parts for the fields
+    of ``multipart/form-data`` (``part.get_param("name", header="content-disposition")``)."""
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    parsed = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    assert isinstance(parsed, email.message.EmailMessage)  # what policy.HTTP makes
+    return parsed
+
+
 async def send_json(
     stream: trio.SocketStream,
     conn: h11.Connection,
@@ -354,23 +392,52 @@ async def serving(server: ServerT) -> AsyncIterator[ServerT]:
             nursery.cancel_scope.cancel()
 
 
-def run_standalone(cls: type[ScriptedModelServer], argv: list[str] | None = None) -> None:
-    """``python -m MODULE [--port N] [--latency S] [--api-key KEY]``: print the URL, serve."""
-    parser = argparse.ArgumentParser(description=f"{cls.__name__}: a fake API server for tests.")
-    parser.add_argument("--host", default="127.0.0.1")
+def serve_standalone(
+    description: str,
+    make_server: Callable[[argparse.Namespace], ServerT],
+    url: Callable[[ServerT], str],
+    argv: list[str] | None = None,
+    *,
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """``python -m MODULE --port N [options]``: build the server from the parsed arguments,
+    serve it, print ``url(server)`` once it listens, run until interrupted.
+
+    Every fake takes ``--port`` (0 picks a free port); ``options`` adds the fake's own.
+    """
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
-    parser.add_argument("--api-key", default=None, help="require this API key")
+    if options is not None:
+        options(parser)
     args = parser.parse_args(argv)
 
     async def run() -> None:
-        server = cls(host=args.host, port=args.port, latency=args.latency, api_key=args.api_key)
+        server = make_server(args)
         async with trio.open_nursery() as nursery:
-            url = await nursery.start(server.serve)
+            await nursery.start(server.serve)
             # flush: a parent process reads this line to learn the port.
-            print(url, flush=True)
+            print(url(server), flush=True)
 
     try:
         trio.run(run)
-    except KeyboardInterrupt:
+    except* KeyboardInterrupt:  # Ctrl-C: trio may hand it over inside an exception group
         pass
+
+
+def run_standalone(cls: type[ScriptedModelServer], argv: list[str] | None = None) -> None:
+    """``python -m MODULE [--port N] [--latency S] [--api-key KEY]``: print the URL, serve."""
+
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+        parser.add_argument("--api-key", default=None, help="require this API key")
+
+    serve_standalone(
+        f"{cls.__name__}: a fake API server for tests.",
+        lambda args: cls(
+            host=args.host, port=args.port, latency=args.latency, api_key=args.api_key
+        ),
+        lambda server: server.base_url,
+        argv,
+        options=options,
+    )

@@ -33,8 +33,6 @@ or standalone: ``python -m gateway.testing.fake_graph --port 0`` prints the base
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -45,7 +43,8 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -63,7 +62,7 @@ from gateway.testing._graph_http import (
     send_bytes,
     serve_connection,
 )
-from gateway.testing._http import send_json
+from gateway.testing._http import send_json, serve_standalone, serving
 
 __all__ = ["FakeGraphServer", "SentMessage", "open_fake_graph", "sign"]
 
@@ -502,30 +501,18 @@ class FakeGraphServer:
         self._changed = trio.Event()
 
 
-@contextlib.asynccontextmanager
-async def open_fake_graph(**kwargs: Any) -> AsyncIterator[FakeGraphServer]:
+def open_fake_graph(**kwargs: Any) -> AbstractAsyncContextManager[FakeGraphServer]:
     """Run a :class:`FakeGraphServer` for the duration of the block."""
-    server = FakeGraphServer(**kwargs)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve)
-        try:
-            yield server
-        finally:
-            nursery.cancel_scope.cancel()
+    return serving(FakeGraphServer(**kwargs))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run a fake Meta Graph API on 127.0.0.1.")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    args = parser.parse_args(argv)
-
-    async def run() -> None:
-        async with open_fake_graph(port=args.port) as server:
-            print(server.api_base, flush=True)
-            await trio.sleep_forever()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(run)
+    serve_standalone(
+        "Run a fake Meta Graph API on 127.0.0.1.",
+        lambda args: FakeGraphServer(port=args.port),
+        lambda server: server.api_base,
+        argv,
+    )
 
 
 if __name__ == "__main__":

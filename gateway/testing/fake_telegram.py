@@ -35,7 +35,6 @@ it and hypercorn is the slowest layer measured here (ARCHITECTURE.md).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import inspect
@@ -44,13 +43,16 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
 import httpx
 import trio
+
+from gateway.testing._http import serve_standalone, serving
 
 __all__ = ["FakeTelegramServer", "SentMessage", "open_fake_telegram"]
 
@@ -548,18 +550,11 @@ class _Disconnect(Exception):
     """Drop the connection without answering."""
 
 
-@contextlib.asynccontextmanager
-async def open_fake_telegram(
+def open_fake_telegram(
     token: str = DEFAULT_TOKEN, *, port: int = 0
-) -> AsyncIterator[FakeTelegramServer]:
+) -> AbstractAsyncContextManager[FakeTelegramServer]:
     """Run a :class:`FakeTelegramServer` for the duration of the block."""
-    server = FakeTelegramServer(token, port=port)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve)
-        try:
-            yield server
-        finally:
-            nursery.cancel_scope.cancel()
+    return serving(FakeTelegramServer(token, port=port))
 
 
 def _error(
@@ -629,20 +624,17 @@ async def _send_json(
     await stream.send_all(data)
 
 
-async def _main(port: int, token: str) -> None:
-    server = FakeTelegramServer(token, port=port)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve)
-        print(server.api_base, flush=True)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run a fake Telegram Bot API server on 127.0.0.1.")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--token", default=DEFAULT_TOKEN, help="the bot token it accepts")
-    args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(_main, args.port, args.token)
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--token", default=DEFAULT_TOKEN, help="the bot token it accepts")
+
+    serve_standalone(
+        "Run a fake Telegram Bot API server on 127.0.0.1.",
+        lambda args: FakeTelegramServer(args.token, port=args.port),
+        lambda server: server.api_base,
+        argv,
+        options=options,
+    )
 
 
 if __name__ == "__main__":

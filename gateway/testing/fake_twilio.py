@@ -31,20 +31,18 @@ Standalone: ``python -m gateway.testing.fake_twilio --port 0`` prints the API ba
 
 from __future__ import annotations
 
-import argparse
 import base64
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import hmac
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 from urllib.parse import urljoin
 
 import httpx
-import trio
 
 from gateway.testing._fake_twilio_api import (
     API,
@@ -56,6 +54,7 @@ from gateway.testing._fake_twilio_api import (
     new_sid,
     rfc2822,
 )
+from gateway.testing._http import serve_standalone, serving
 
 __all__ = [
     "DEFAULT_ACCOUNT_SID",
@@ -380,30 +379,18 @@ class FakeTwilioServer(TwilioApi):
         return None, {}
 
 
-@contextlib.asynccontextmanager
-async def open_fake_twilio(**kwargs: Any) -> AsyncIterator[FakeTwilioServer]:
+def open_fake_twilio(**kwargs: Any) -> AbstractAsyncContextManager[FakeTwilioServer]:
     """Run a :class:`FakeTwilioServer` (constructor arguments as keywords) for the block."""
-    server = FakeTwilioServer(**kwargs)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve)
-        try:
-            yield server
-        finally:
-            nursery.cancel_scope.cancel()
+    return serving(FakeTwilioServer(**kwargs))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run a fake Twilio REST API on 127.0.0.1.")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    args = parser.parse_args(argv)
-
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(FakeTwilioServer(port=args.port).serve)
-            print(server.api_base, flush=True)
-
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(run)
+    serve_standalone(
+        "Run a fake Twilio REST API on 127.0.0.1.",
+        lambda args: FakeTwilioServer(port=args.port),
+        lambda server: server.api_base,
+        argv,
+    )
 
 
 if __name__ == "__main__":

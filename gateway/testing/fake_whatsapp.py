@@ -28,11 +28,12 @@ signature; :meth:`verify_webhook` performs the GET subscription handshake.
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any
 
@@ -40,6 +41,7 @@ import httpx
 import trio
 
 from gateway.testing._fake_whatsapp_api import GraphApi, SentMessage
+from gateway.testing._http import serve_standalone, serving
 
 __all__ = ["FakeWhatsAppServer", "SentMessage", "open_fake_whatsapp"]
 
@@ -251,38 +253,27 @@ class FakeWhatsAppServer(GraphApi):
         return response.status_code, response.text
 
 
-@contextlib.asynccontextmanager
-async def open_fake_whatsapp(**kwargs: Any) -> AsyncIterator[FakeWhatsAppServer]:
+def open_fake_whatsapp(**kwargs: Any) -> AbstractAsyncContextManager[FakeWhatsAppServer]:
     """Run a :class:`FakeWhatsAppServer` (keyword arguments as its constructor's) for the block."""
-    server = FakeWhatsAppServer(**kwargs)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve)
-        try:
-            yield server
-        finally:
-            nursery.cancel_scope.cancel()
+    return serving(FakeWhatsAppServer(**kwargs))
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m gateway.testing.fake_whatsapp --port 0``: serve, print the api_base."""
-    import argparse
 
-    parser = argparse.ArgumentParser(description="Run a fake WhatsApp Cloud API on 127.0.0.1.")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--token", default=DEFAULT_TOKEN, help="the access token it accepts")
-    parser.add_argument("--no-window", action="store_true", help="do not enforce 24 h windows")
-    args = parser.parse_args(argv)
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--token", default=DEFAULT_TOKEN, help="the access token it accepts")
+        parser.add_argument("--no-window", action="store_true", help="do not enforce 24 h windows")
 
-    async def run() -> None:
-        server = FakeWhatsAppServer(
+    serve_standalone(
+        "Run a fake WhatsApp Cloud API on 127.0.0.1.",
+        lambda args: FakeWhatsAppServer(
             access_token=args.token, port=args.port, enforce_window=not args.no_window
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve)
-            print(server.api_base, flush=True)  # a parent process reads the port from here
-
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(run)
+        ),
+        lambda server: server.api_base,
+        argv,
+        options=options,
+    )
 
 
 if __name__ == "__main__":

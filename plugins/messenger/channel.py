@@ -28,13 +28,12 @@ from gateway.errors import PluginError, SendError, StoreError
 from gateway.messages import Attachment, Inbound, Outbound, SendResult, utcnow
 from gateway.plugin import ChannelContext, HistoryItem
 from gateway.webhooks import (
+    META_SIGNATURE_HEADER,
     WebhookRefused,
-    parse_json_object,
+    meta_handshake,
     plain,
-    read_body,
+    read_meta_notification,
     refusal,
-    verify_hub_signature,
-    verify_subscription,
 )
 
 from .config import InstagramConfig, MessengerConfig, MetaConfig
@@ -43,7 +42,7 @@ from .outbound import SendRequest, graph_error, messaging_policy, network_error,
 
 __all__ = ["InstagramChannel", "MessengerChannel", "MetaChannel"]
 
-SIGNATURE_HEADER = "X-Hub-Signature-256"
+SIGNATURE_HEADER = META_SIGNATURE_HEADER
 DOWNLOAD_BUDGET = 15.0
 """Seconds all downloads of one webhook may take: Meta waits about 20 s for the 200."""
 _MEMORY = 10_000
@@ -111,22 +110,11 @@ class MetaChannel:
     # -- webhook ---------------------------------------------------------------------------
 
     async def _handshake(self) -> quart.Response:
-        try:
-            challenge = verify_subscription(quart.request.args, self.config.verify_token)
-        except WebhookRefused as exc:
-            self.log.warning("%s webhook handshake refused: %s", self.label, exc.reason)
-            return refusal(exc)
-        self.log.info("%s webhook handshake answered (Meta subscribed the URL)", self.label)
-        return plain(200, challenge)
+        return meta_handshake(quart.request, self.config.verify_token, self.log, self.label)
 
     async def _receive(self) -> quart.Response:
-        request = quart.request
         try:
-            body = await read_body(request)
-            verify_hub_signature(
-                self.config.app_secret, body, request.headers.get(SIGNATURE_HEADER)
-            )
-            data = parse_json_object(body)
+            data = await read_meta_notification(quart.request, self.config.app_secret)
             try:
                 batch = parse_webhook(
                     data, platform=self.platform, account=self.account, is_keyword=self._is_keyword

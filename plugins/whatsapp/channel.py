@@ -34,13 +34,12 @@ from gateway.errors import PluginError, SendError, StoreError
 from gateway.messages import Attachment, Inbound, Outbound, SendResult
 from gateway.plugin import ChannelContext
 from gateway.webhooks import (
+    META_SIGNATURE_HEADER,
     WebhookRefused,
-    parse_json_object,
+    meta_handshake,
     plain,
-    read_body,
+    read_meta_notification,
     refusal,
-    verify_hub_signature,
-    verify_subscription,
 )
 
 from .config import WhatsAppConfig
@@ -61,7 +60,7 @@ from .outgoing import (
 
 __all__ = ["SIGNATURE_HEADER", "WhatsAppChannel"]
 
-SIGNATURE_HEADER = "X-Hub-Signature-256"
+SIGNATURE_HEADER = META_SIGNATURE_HEADER
 _SENDABLE = ("image", "audio", "video", "document", "sticker")
 
 
@@ -115,23 +114,14 @@ class WhatsAppChannel:
         return blueprint
 
     async def _handshake(self) -> quart.Response:
-        try:
-            challenge = verify_subscription(quart.request.args, self.config.verify_token)
-        except WebhookRefused as exc:
-            self.log.warning("whatsapp webhook handshake refused (%d): %s", exc.status, exc.reason)
-            return refusal(exc)
-        self.log.info("whatsapp webhook handshake answered: Meta subscribed %s", self._where)
-        return plain(200, challenge)
+        return meta_handshake(
+            quart.request, self.config.verify_token, self.log, f"whatsapp {self._where}"
+        )
 
     async def _receive(self) -> quart.Response:
-        request = quart.request
         try:
-            body = await read_body(request)
-            verify_hub_signature(
-                self.config.app_secret, body, request.headers.get(SIGNATURE_HEADER)
-            )
             notification = parse_notification(
-                parse_json_object(body),
+                await read_meta_notification(quart.request, self.config.app_secret),
                 phone_number_id=self.account,
                 media_url=self.graph.media_url,
             )

@@ -5,17 +5,12 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.plugin import Registry
-from gateway.testing.daemon import open_gateway
+from gateway.testing.daemon import http_config, open_gateway
 from gateway.testing.fake_channel import FakeChannel
-from gateway.testing.fake_llm import FakeProvider
 
-CONFIG = """
-[gateway]
-data_dir = "data"
-[http]
-public_bind = "127.0.0.1:0"
-admin_bind = "127.0.0.1:0"
+CONFIG = (
+    http_config(0, public_url=False)
+    + """
 [channels.support]
 plugin = "fake"
 [agents.default]
@@ -24,24 +19,17 @@ knowledge_dir = "{folder}"
 [providers.model]
 plugin = "fake"
 """
+)
 
 
-@pytest.fixture
-def registry() -> Registry:
-    registry = Registry()
-    registry.add("channel", "fake", FakeChannel)
-    registry.add("llm", "fake", FakeProvider)
-    return registry
-
-
-async def test_matching_snippet_is_added_to_the_system_prompt(tmp_path, registry):
+async def test_matching_snippet_is_added_to_the_system_prompt(tmp_path, fake_registry):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "shipping.md").write_text(
         "# Shipping\n\nWe ship to Norway and Sweden within 4 working days. Shipping is free over 50 EUR.\n"
     )
     (docs / "returns.md").write_text("# Возврат\n\nВозврат товара возможен в течение 30 дней.\n")
-    async with open_gateway(CONFIG.format(folder="docs"), registry, tmp_path) as gw:
+    async with open_gateway(CONFIG.format(folder="docs"), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         await channel.deliver("c1", "u1", "Do you ship to Norway?")
         await channel.deliver("c2", "u2", "Как оформить возврат товара?")
@@ -52,7 +40,7 @@ async def test_matching_snippet_is_added_to_the_system_prompt(tmp_path, registry
     assert "30 дней" in requests["Как оформить возврат товара?"]
 
 
-async def test_missing_knowledge_folder_is_a_config_error(tmp_path, registry):
+async def test_missing_knowledge_folder_is_a_config_error(tmp_path, fake_registry):
     with pytest.raises(ConfigError, match="knowledge folder .* does not exist"):
-        async with open_gateway(CONFIG.format(folder="nowhere"), registry, tmp_path):
+        async with open_gateway(CONFIG.format(folder="nowhere"), fake_registry, tmp_path):
             pass

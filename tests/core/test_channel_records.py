@@ -12,7 +12,6 @@ import trio
 
 from gateway.errors import SendError
 from gateway.messages import Attachment, Event
-from gateway.plugin import Registry
 from gateway.privacy.sealing import KeyDestroyed, Sealer
 from gateway.store.outbox import OptedOut
 from gateway.store.records import (
@@ -21,16 +20,13 @@ from gateway.store.records import (
     events_txn,
     open_attachment_txn,
 )
-from gateway.testing.daemon import open_gateway
+from gateway.testing.daemon import http_config, open_gateway
 from gateway.testing.fake_channel import FakeChannel
 from gateway.testing.fake_llm import FakeProvider
 
-CONFIG = """
-[gateway]
-data_dir = "data"
-[http]
-public_bind = "127.0.0.1:0"
-admin_bind = "127.0.0.1:0"
+CONFIG = (
+    http_config(0, public_url=False)
+    + """
 [channels.support]
 plugin = "fake"
 {extra}
@@ -42,14 +38,7 @@ fallback_text = "Sorry."
 [providers.model]
 plugin = "fake"
 """
-
-
-@pytest.fixture
-def registry() -> Registry:
-    registry = Registry()
-    registry.add("channel", "fake", FakeChannel)
-    registry.add("llm", "fake", FakeProvider)
-    return registry
+)
 
 
 def config(extra: str = "") -> str:
@@ -63,10 +52,10 @@ async def sql(gw, query: str, *args):
 
 
 async def test_attachment_bytes_are_sealed_per_contact_and_shredded_with_the_key(
-    tmp_path, registry
+    tmp_path, fake_registry
 ):
     secret = b"PASSPORT-SCAN-" + bytes(range(256)) * 8
-    async with open_gateway(config(), registry, tmp_path) as gw:
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         accepted = await channel.deliver(
             "chat1",
@@ -99,8 +88,10 @@ async def test_attachment_bytes_are_sealed_per_contact_and_shredded_with_the_key
         assert path.read_bytes() == on_disk  # the ciphertext is all that is left
 
 
-async def test_stop_is_confirmed_recorded_and_blocks_notifications_until_start(tmp_path, registry):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_stop_is_confirmed_recorded_and_blocks_notifications_until_start(
+    tmp_path, fake_registry
+):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         provider: FakeProvider = gw.provider()
         pipeline = gw.running.pipeline
@@ -143,9 +134,9 @@ async def test_stop_is_confirmed_recorded_and_blocks_notifications_until_start(t
         ]
 
 
-async def test_channel_keywords_per_language_and_empty_reply(tmp_path, registry):
+async def test_channel_keywords_per_language_and_empty_reply(tmp_path, fake_registry):
     extra = 'opt_out_keywords = { ru = ["хватит"] }\nopt_out_reply = ""'
-    async with open_gateway(config(extra), registry, tmp_path) as gw:
+    async with open_gateway(config(extra), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         await channel.deliver("chat1", "ivan", "Хватит")
         await channel.deliver("chat1", "ivan", "СТОП")
@@ -156,8 +147,8 @@ async def test_channel_keywords_per_language_and_empty_reply(tmp_path, registry)
         assert [r["state"] for r in ledger] == ["withdrawn", "withdrawn"]
 
 
-async def test_a_notification_queued_before_an_opt_out_is_not_sent(tmp_path, registry):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_a_notification_queued_before_an_opt_out_is_not_sent(tmp_path, fake_registry):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         channel.send_gate = gate = trio.Event()
         await channel.deliver("chat1", "alice", "hello")
@@ -177,9 +168,9 @@ async def test_a_notification_queued_before_an_opt_out_is_not_sent(tmp_path, reg
 
 
 async def test_platform_statuses_move_forward_and_failures_show_in_the_conversation(
-    tmp_path, registry
+    tmp_path, fake_registry
 ):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         context = channel.context
         await channel.deliver("chat1", "alice", "hello")
@@ -200,8 +191,8 @@ async def test_platform_statuses_move_forward_and_failures_show_in_the_conversat
         ]
 
 
-async def test_a_permanently_failed_send_is_an_event_of_the_conversation(tmp_path, registry):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_a_permanently_failed_send_is_an_event_of_the_conversation(tmp_path, fake_registry):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         channel.fail_next(
             SendError("outside the 24-hour window; set window_template", permanent=True)
@@ -214,8 +205,8 @@ async def test_a_permanently_failed_send_is_an_event_of_the_conversation(tmp_pat
         ]
 
 
-async def test_events_merge_by_key_and_keep_their_recording_once(tmp_path, registry):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_events_merge_by_key_and_keep_their_recording_once(tmp_path, fake_registry):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         context = gw.channel("support").context
         call = Event("fake-bot", "+15550001", "+15550001", "call", "CA1", {"status": "ringing"})
         first = await context.record_event(call)
@@ -254,10 +245,10 @@ async def test_events_merge_by_key_and_keep_their_recording_once(tmp_path, regis
         assert json.loads(json.dumps(events[0]["detail"]))["duration"] == 42
 
 
-async def test_conversations_show_lists_attachments_and_events(tmp_path, registry, capsys):
+async def test_conversations_show_lists_attachments_and_events(tmp_path, fake_registry, capsys):
     from gateway import conversations_cli
 
-    async with open_gateway(config(), registry, tmp_path) as gw:
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         accepted = await channel.deliver(
             "chat1", "alice", "photo", attachments=(Attachment("image", "image/png", data=b"png"),)
@@ -274,8 +265,10 @@ async def test_conversations_show_lists_attachments_and_events(tmp_path, registr
     assert "call by contact duration=7 status=completed" in shown
 
 
-async def test_a_status_that_arrives_before_the_send_returned_is_applied_after(tmp_path, registry):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_a_status_that_arrives_before_the_send_returned_is_applied_after(
+    tmp_path, fake_registry
+):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         channel.send_gate = gate = trio.Event()
         await channel.deliver("chat1", "alice", "hello")

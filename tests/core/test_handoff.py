@@ -10,18 +10,14 @@ import pytest
 
 from gateway import conversations_cli
 from gateway.config import AgentConfig, BusinessHours
-from gateway.plugin import Registry
 from gateway.store.journal import set_contact_ai_txn, set_conversation_txn
-from gateway.testing.daemon import open_gateway
+from gateway.testing.daemon import http_config, open_gateway
 from gateway.testing.fake_channel import FakeChannel
 from gateway.testing.fake_llm import FakeProvider
 
-CONFIG = """
-[gateway]
-data_dir = "data"
-[http]
-public_bind = "127.0.0.1:0"
-admin_bind = "127.0.0.1:0"
+CONFIG = (
+    http_config(0, public_url=False)
+    + """
 [channels.support]
 plugin = "fake"
 [agents.default]
@@ -33,14 +29,7 @@ language = "auto"
 [providers.model]
 plugin = "fake"
 """
-
-
-@pytest.fixture
-def registry() -> Registry:
-    registry = Registry()
-    registry.add("channel", "fake", FakeChannel)
-    registry.add("llm", "fake", FakeProvider)
-    return registry
+)
 
 
 async def conversation_status(gw, thread: str) -> tuple[str, int]:
@@ -62,8 +51,8 @@ async def conversation_status(gw, thread: str) -> tuple[str, int]:
         "GET ME THE BOSS now",
     ],
 )
-async def test_asking_for_a_person_hands_off_and_silences_the_ai(tmp_path, registry, phrase):
-    async with open_gateway(CONFIG, registry, tmp_path) as gw:
+async def test_asking_for_a_person_hands_off_and_silences_the_ai(tmp_path, fake_registry, phrase):
+    async with open_gateway(CONFIG, fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         provider: FakeProvider = gw.provider()
         await channel.deliver("c1", "u1", phrase)
@@ -97,8 +86,8 @@ async def test_asking_for_a_person_hands_off_and_silences_the_ai(tmp_path, regis
         assert events == ["handoff", "release"]
 
 
-async def test_ai_off_per_conversation_and_per_contact(tmp_path, registry):
-    async with open_gateway(CONFIG, registry, tmp_path) as gw:
+async def test_ai_off_per_conversation_and_per_contact(tmp_path, fake_registry):
+    async with open_gateway(CONFIG, fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         provider: FakeProvider = gw.provider()
         first = await channel.deliver("c1", "alice", "hi")
@@ -123,8 +112,8 @@ async def test_ai_off_per_conversation_and_per_contact(tmp_path, registry):
         assert gw.running.pipeline.counters["silent"] == 2
 
 
-async def test_language_instruction_reaches_the_model(tmp_path, registry):
-    async with open_gateway(CONFIG, registry, tmp_path) as gw:
+async def test_language_instruction_reaches_the_model(tmp_path, fake_registry):
+    async with open_gateway(CONFIG, fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         await channel.deliver("c1", "u1", "Привет")
         await channel.wait_sent(1)
@@ -164,8 +153,10 @@ ROUTED = CONFIG.replace(
 )
 
 
-async def test_analysis_is_stored_and_routed_categories_go_to_people(tmp_path, registry, capsys):
-    async with open_gateway(ROUTED, registry, tmp_path) as gw:
+async def test_analysis_is_stored_and_routed_categories_go_to_people(
+    tmp_path, fake_registry, capsys
+):
+    async with open_gateway(ROUTED, fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         await channel.deliver("c1", "u1", "Where is my parcel?")
         await channel.deliver("c2", "u2", "I was charged twice, I want a refund on this invoice!")
@@ -197,7 +188,7 @@ async def test_analysis_is_stored_and_routed_categories_go_to_people(tmp_path, r
     assert "charged twice" not in refund[2]  # labels only, never the text
 
 
-def test_undefined_handoff_category_is_a_config_error(tmp_path, registry):
+def test_undefined_handoff_category_is_a_config_error(tmp_path, fake_registry):
     from gateway.config import load_config
     from gateway.errors import ConfigError
 
@@ -206,7 +197,7 @@ def test_undefined_handoff_category_is_a_config_error(tmp_path, registry):
         ROUTED.replace('handoff_categories = ["billing"]', 'handoff_categories = ["biling"]')
     )
     with pytest.raises(ConfigError, match="biling"):
-        load_config(path, registry, environ={})
+        load_config(path, fake_registry, environ={})
 
 
 ANGRY = CONFIG.replace(
@@ -215,8 +206,8 @@ ANGRY = CONFIG.replace(
 )
 
 
-async def test_angry_and_urgent_goes_to_a_person_and_phrases_per_language(tmp_path, registry):
-    async with open_gateway(ANGRY, registry, tmp_path) as gw:
+async def test_angry_and_urgent_goes_to_a_person_and_phrases_per_language(tmp_path, fake_registry):
+    async with open_gateway(ANGRY, fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         await channel.deliver(
             "c1", "u1", "This is UNACCEPTABLE, my order is broken and I need it fixed NOW!!!"
@@ -229,8 +220,8 @@ async def test_angry_and_urgent_goes_to_a_person_and_phrases_per_language(tmp_pa
     assert texts["c3"].startswith("echo: ")
 
 
-async def test_restricted_contact_is_never_sent_to_a_model(tmp_path, registry):
-    async with open_gateway(CONFIG, registry, tmp_path) as gw:
+async def test_restricted_contact_is_never_sent_to_a_model(tmp_path, fake_registry):
+    async with open_gateway(CONFIG, fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         first = await channel.deliver("c1", "u1", "hello")
         await channel.wait_sent(1)

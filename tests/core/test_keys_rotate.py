@@ -12,20 +12,15 @@ from gateway.errors import MasterKeyError
 from gateway.keys import MasterKey, load_master_key
 from gateway.keys_rotate import finish, rotate
 from gateway.messages import Attachment
-from gateway.plugin import Registry
 from gateway.store import open_store
 from gateway.store.db import connect
 from gateway.store.records import attachments_txn, open_attachment_txn
-from gateway.testing.daemon import open_gateway
+from gateway.testing.daemon import http_config, open_gateway
 from gateway.testing.fake_channel import FakeChannel
-from gateway.testing.fake_llm import FakeProvider
 
-CONFIG = """
-[gateway]
-data_dir = "data"
-[http]
-public_bind = "127.0.0.1:0"
-admin_bind = "127.0.0.1:0"
+CONFIG = (
+    http_config(0, public_url=False)
+    + """
 [channels.support]
 plugin = "fake"
 [agents.default]
@@ -34,14 +29,7 @@ system_prompt = "Be brief."
 [providers.model]
 plugin = "fake"
 """
-
-
-@pytest.fixture
-def registry() -> Registry:
-    registry = Registry()
-    registry.add("channel", "fake", FakeChannel)
-    registry.add("llm", "fake", FakeProvider)
-    return registry
+)
 
 
 def key_opens(data_dir, key: bytes) -> bool:
@@ -52,9 +40,9 @@ def key_opens(data_dir, key: bytes) -> bool:
     return True
 
 
-async def test_offline_rotation_rekeys_rewraps_and_keeps_dedupe(tmp_path, registry, capsys):
+async def test_offline_rotation_rekeys_rewraps_and_keeps_dedupe(tmp_path, fake_registry, capsys):
     scan = b"\x89PNG scan of a passport"
-    async with open_gateway(CONFIG, registry, tmp_path) as gw:
+    async with open_gateway(CONFIG, fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         await channel.deliver(
             "chat1", "alice", "hi", external_id="42", attachments=(Attachment("image", data=scan),)
@@ -63,7 +51,7 @@ async def test_offline_rotation_rekeys_rewraps_and_keeps_dedupe(tmp_path, regist
         await gw.wait_idle()
     data = tmp_path / "data"
     old = load_master_key(data, create=False).key
-    config = load_config(tmp_path / "gateway.toml", registry)
+    config = load_config(tmp_path / "gateway.toml", fake_registry)
 
     assert await trio.to_thread.run_sync(rotate, config, tmp_path / "credstore") == 0
     out = capsys.readouterr().out
@@ -72,7 +60,7 @@ async def test_offline_rotation_rekeys_rewraps_and_keeps_dedupe(tmp_path, regist
     assert new != old and not (data / "master.key.next").exists()
     assert not key_opens(data, old) and key_opens(data, new)
 
-    async with open_gateway(CONFIG, registry, tmp_path) as gw:
+    async with open_gateway(CONFIG, fake_registry, tmp_path) as gw:
         channel = gw.channel("support")
         again = await channel.deliver("chat1", "alice", "hi", external_id="42")
         assert again.duplicate, "a platform retry from before the rotation is still a duplicate"
@@ -104,10 +92,10 @@ async def test_online_rekey_lets_every_concurrent_write_land(tmp_path):
     assert count(connect(path, new)) == 400
 
 
-def test_an_interrupted_rotation_is_finished_or_undone(tmp_path, registry, capsys):
+def test_an_interrupted_rotation_is_finished_or_undone(tmp_path, fake_registry, capsys):
     data = tmp_path / "data"
     (tmp_path / "gateway.toml").write_text(CONFIG)
-    config = load_config(tmp_path / "gateway.toml", registry)
+    config = load_config(tmp_path / "gateway.toml", fake_registry)
     first = load_master_key(data).key  # creates master.key
 
     async def create():

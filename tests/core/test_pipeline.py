@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import functools
 
-import pytest
 import trio
 import trio.testing
 
 from gateway.errors import SendError
-from gateway.plugin import Registry
 from gateway.testing.daemon import open_gateway
 from gateway.testing.fake_channel import FakeChannel
 from gateway.testing.fake_llm import FakeProvider
@@ -38,20 +36,12 @@ timeout = 5
 """
 
 
-@pytest.fixture
-def registry() -> Registry:
-    registry = Registry()
-    registry.add("channel", "fake", FakeChannel)
-    registry.add("llm", "fake", FakeProvider)
-    return registry
-
-
 def config(channel_extra: str = "") -> str:
     return CONFIG.format(channel_extra=channel_extra)
 
 
-async def test_replies_in_order_and_stores_conversation(tmp_path, registry):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_replies_in_order_and_stores_conversation(tmp_path, fake_registry):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         for text in ("first", "second", "third"):
             await channel.deliver("chat1", "alice", text)
@@ -75,8 +65,8 @@ async def test_replies_in_order_and_stores_conversation(tmp_path, registry):
         assert counts == {"contacts": 1, "conversations": 1, "messages": 6}
 
 
-async def test_redelivered_message_is_acknowledged_but_answered_once(tmp_path, registry):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_redelivered_message_is_acknowledged_but_answered_once(tmp_path, fake_registry):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         first = await channel.deliver("chat1", "alice", "hello", external_id="42")
         again = await channel.deliver("chat1", "alice", "hello", external_id="42")
@@ -88,8 +78,8 @@ async def test_redelivered_message_is_acknowledged_but_answered_once(tmp_path, r
         assert len(gw.provider().requests) == 2
 
 
-async def test_many_chats_proceed_concurrently(tmp_path, registry):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_many_chats_proceed_concurrently(tmp_path, fake_registry):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         provider: FakeProvider = gw.provider()
         provider.model.latency = 0.05
@@ -121,8 +111,8 @@ async def test_many_chats_proceed_concurrently(tmp_path, registry):
         assert peak > 1  # chats were answered side by side
 
 
-async def test_model_errors_are_retried_then_answered(tmp_path, registry, autojump_clock):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_model_errors_are_retried_then_answered(tmp_path, fake_registry, autojump_clock):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         provider: FakeProvider = gw.provider()
         provider.fail_next(2, retryable=True)
@@ -132,8 +122,8 @@ async def test_model_errors_are_retried_then_answered(tmp_path, registry, autoju
         assert len(provider.requests) == 3
 
 
-async def test_model_down_gives_fallback_text_not_silence(tmp_path, registry, autojump_clock):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_model_down_gives_fallback_text_not_silence(tmp_path, fake_registry, autojump_clock):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         provider: FakeProvider = gw.provider()
         provider.fail_next(3, retryable=True)
@@ -147,8 +137,8 @@ async def test_model_down_gives_fallback_text_not_silence(tmp_path, registry, au
         assert len(provider.requests) == 4
 
 
-async def test_model_hang_times_out_and_falls_back(tmp_path, registry, autojump_clock):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_model_hang_times_out_and_falls_back(tmp_path, fake_registry, autojump_clock):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         provider: FakeProvider = gw.provider()
         provider.hang_next(3)
@@ -157,8 +147,8 @@ async def test_model_hang_times_out_and_falls_back(tmp_path, registry, autojump_
         assert reply.text == "Sorry, try later."
 
 
-async def test_platform_flood_control_is_honoured(tmp_path, registry, autojump_clock):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_platform_flood_control_is_honoured(tmp_path, fake_registry, autojump_clock):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         channel.fail_next(SendError("Too Many Requests", retry_after=30))
         start = trio.current_time()
@@ -168,8 +158,8 @@ async def test_platform_flood_control_is_honoured(tmp_path, registry, autojump_c
         assert len(channel.sent) == 1
 
 
-async def test_permanent_send_error_is_not_retried(tmp_path, registry):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_permanent_send_error_is_not_retried(tmp_path, fake_registry):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         channel.fail_next(SendError("Forbidden: bot was blocked by the user", permanent=True))
         await channel.deliver("chat1", "alice", "hello")
@@ -183,9 +173,9 @@ async def test_permanent_send_error_is_not_retried(tmp_path, registry):
         assert states == ["failed", "sent"]
 
 
-async def test_per_chat_send_rate(tmp_path, registry, autojump_clock):
+async def test_per_chat_send_rate(tmp_path, fake_registry, autojump_clock):
     extra = "send_rate_per_chat = 1.0\nsend_burst_per_chat = 1"
-    async with open_gateway(config(extra), registry, tmp_path) as gw:
+    async with open_gateway(config(extra), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         times: list[float] = []
         original = channel.send
@@ -202,8 +192,8 @@ async def test_per_chat_send_rate(tmp_path, registry, autojump_clock):
         assert all(gap >= 0.99 for gap in gaps), gaps
 
 
-async def test_shutdown_drains_in_flight_work(tmp_path, registry):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_shutdown_drains_in_flight_work(tmp_path, fake_registry):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         provider: FakeProvider = gw.provider()
         provider.model.latency = 0.2
@@ -214,8 +204,8 @@ async def test_shutdown_drains_in_flight_work(tmp_path, registry):
     assert [o.text for o in channel.sent] == ["echo: hello"]
 
 
-async def test_crash_then_restart_resumes_without_duplicates(tmp_path, registry):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_crash_then_restart_resumes_without_duplicates(tmp_path, fake_registry):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         provider: FakeProvider = gw.provider()
         provider.hang_next(1)  # the first message is mid-answer when we crash
@@ -228,7 +218,7 @@ async def test_crash_then_restart_resumes_without_duplicates(tmp_path, registry)
         await channel.at_gate.wait()
         gw.crash()  # ...when the process dies
     sent_before = [o.text for o in channel.sent]
-    async with open_gateway(config(), registry, tmp_path) as gw:
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel2: FakeChannel = gw.channel("support")
         await channel2.wait_sent(1)
         await gw.wait_idle()
@@ -241,8 +231,8 @@ async def test_crash_then_restart_resumes_without_duplicates(tmp_path, registry)
         assert states == {"chat1": "sent", "chat2": "sent", "chat3": "unknown"}
 
 
-async def test_message_without_text_gets_a_notice_not_a_model_call(tmp_path, registry):
-    async with open_gateway(config(), registry, tmp_path) as gw:
+async def test_message_without_text_gets_a_notice_not_a_model_call(tmp_path, fake_registry):
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         await channel.deliver("chat1", "alice", "")
         (reply,) = await channel.wait_sent(1)

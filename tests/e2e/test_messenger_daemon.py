@@ -4,13 +4,12 @@ fake Graph API and the fake OpenAI server on 127.0.0.1."""
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import trio
 
 from gateway.plugin import load_registry
-from gateway.testing.daemon import GatewayUnderTest, open_gateway
+from gateway.testing.daemon import free_port, http_config, open_gateway, openai_agent_config, sql
 from gateway.testing.fake_graph import FakeGraphServer, open_fake_graph
 from gateway.testing.fake_openai import open_fake_openai
 
@@ -20,21 +19,10 @@ VERIFY = "e2e-verify-token"
 WAIT = 15.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def config(graph: FakeGraphServer, llm_base: str, port: int) -> str:
-    return f"""
-[gateway]
-data_dir = "data"
-[http]
-public_bind = "127.0.0.1:{port}"
-admin_bind = "127.0.0.1:0"
-public_url = "http://127.0.0.1:{port}"
+    return (
+        http_config(port)
+        + f"""
 [channels.fb_page]
 plugin = "messenger"
 page_id = "{graph.page_id}"
@@ -51,19 +39,9 @@ app_secret = "env:META_APP_SECRET"
 verify_token = "env:META_VERIFY_TOKEN"
 api_base = "{graph.api_base}"
 media_hosts = ["{graph.api_base}"]
-[agents.default]
-provider = "main"
-system_prompt = "You are the assistant of a bakery."
-max_attempts = 2
-retry_backoff = 0.01
-fallback_text = "We are busy, a person will answer soon."
-[providers.main]
-plugin = "openai"
-base_url = "{llm_base}"
-api_key = "env:OPENAI_API_KEY"
-model = "gpt-4o-mini"
-timeout = 5
 """
+        + openai_agent_config(llm_base, "You are the assistant of a bakery.")
+    )
 
 
 def environ(graph: FakeGraphServer) -> dict[str, str]:
@@ -74,13 +52,6 @@ def environ(graph: FakeGraphServer) -> dict[str, str]:
         "META_VERIFY_TOKEN": VERIFY,
         "OPENAI_API_KEY": "sk-e2e",
     }
-
-
-async def sql(gw: GatewayUnderTest, query: str, *args: Any) -> list[tuple[Any, ...]]:
-    rows: list[tuple[Any, ...]] = await gw.running.store.read(
-        "e2e", lambda db: db.conn.execute(query, args).fetchall()
-    )
-    return rows
 
 
 async def test_messenger_and_instagram_end_to_end(tmp_path: Any) -> None:

@@ -4,13 +4,17 @@ OpenAI server on 127.0.0.1."""
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import trio
 
 from gateway.plugin import load_registry
-from gateway.testing.daemon import open_gateway
+from gateway.testing.daemon import (
+    free_port,
+    http_config,
+    open_gateway,
+    openai_agent_config,
+    table_count,
+)
 from gateway.testing.fake_openai import open_fake_openai
 from gateway.testing.fake_telegram import open_fake_telegram
 
@@ -18,21 +22,11 @@ TOKEN = "123456:E2E-test-token"
 ENV = {"TELEGRAM_TOKEN": TOKEN, "OPENAI_API_KEY": "sk-e2e", "WEBHOOK_SECRET": "s3cret-Value_1"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def config(tg_base: str, llm_base: str, *, mode: str = "polling", port: int = 0) -> str:
     webhook = 'webhook_secret = "env:WEBHOOK_SECRET"' if mode == "webhook" else ""
-    return f"""
-[gateway]
-data_dir = "data"
-[http]
-public_bind = "127.0.0.1:{port}"
-admin_bind = "127.0.0.1:0"
-public_url = "http://127.0.0.1:{port}"
+    return (
+        http_config(port)
+        + f"""
 [channels.support_bot]
 plugin = "telegram"
 token = "env:TELEGRAM_TOKEN"
@@ -40,23 +34,9 @@ mode = "{mode}"
 api_base = "{tg_base}"
 poll_timeout = 5
 {webhook}
-[agents.default]
-provider = "main"
-system_prompt = "You are the support assistant of Example Ltd."
-max_attempts = 2
-retry_backoff = 0.01
-fallback_text = "We are busy, a person will answer soon."
-[providers.main]
-plugin = "openai"
-base_url = "{llm_base}"
-api_key = "env:OPENAI_API_KEY"
-model = "gpt-4o-mini"
-timeout = 5
 """
-
-
-async def count(gw, table: str) -> int:
-    return await gw.running.store.read("count", lambda db: db[table].count)
+        + openai_agent_config(llm_base)
+    )
 
 
 async def test_polling_user_gets_model_answer_once(tmp_path):
@@ -82,7 +62,7 @@ async def test_polling_user_gets_model_answer_once(tmp_path):
                 "echo: Hello, do you ship to Norway?",
                 "echo: And to Sweden?",
             ]
-            assert await count(gw, "journal") == 2
+            assert await table_count(gw, "journal") == 2
             contact = await gw.running.store.read(
                 "c", lambda db: db.conn.execute("SELECT display_name FROM contacts").fetchall()
             )
@@ -113,14 +93,14 @@ async def test_webhook_checks_secret_and_dedupes(tmp_path):
             }
             assert await tg.post_webhook(tg.webhook_url, update, "wrong-secret") == 403
             assert await tg.post_webhook(tg.webhook_url, update, None) == 401
-            assert await count(gw, "journal") == 0  # fail-closed: nothing stored
+            assert await table_count(gw, "journal") == 0  # fail-closed: nothing stored
             assert await tg.post_webhook(tg.webhook_url, update, ENV["WEBHOOK_SECRET"]) == 200
-            assert await count(gw, "journal") == 1  # committed before the 200
+            assert await table_count(gw, "journal") == 1  # committed before the 200
             assert await tg.post_webhook(tg.webhook_url, update, ENV["WEBHOOK_SECRET"]) == 200
             await tg.wait_sent(1)
             await gw.wait_idle()
             assert [m.text for m in tg.sent] == ["echo: hi there"]
-            assert await count(gw, "journal") == 1
+            assert await table_count(gw, "journal") == 1
 
 
 async def test_model_failing_gives_fallback_and_flood_control_is_honoured(tmp_path):

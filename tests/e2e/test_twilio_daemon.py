@@ -5,13 +5,12 @@ pipeline, Twilio plugin and OpenAI plugin, against the fake Twilio and the fake 
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 import trio
 
 from gateway.plugin import load_registry
-from gateway.testing.daemon import GatewayUnderTest, open_gateway
+from gateway.testing.daemon import free_port, http_config, open_gateway, openai_agent_config, sql
 from gateway.testing.fake_openai import open_fake_openai
 from gateway.testing.fake_twilio import (
     DEFAULT_ACCOUNT_SID,
@@ -26,21 +25,10 @@ CONTACT = "+15557654321"
 WAIT = 15.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def config(twilio_base: str, llm_base: str, port: int) -> str:
-    return f"""
-[gateway]
-data_dir = "data"
-[http]
-public_bind = "127.0.0.1:{port}"
-admin_bind = "127.0.0.1:0"
-public_url = "http://127.0.0.1:{port}"
+    return (
+        http_config(port)
+        + f"""
 [channels.sms]
 plugin = "twilio"
 account_sid = "{DEFAULT_ACCOUNT_SID}"
@@ -50,26 +38,9 @@ api_base = "{twilio_base}"
 record_voicemail = true
 send_rate = 100
 send_rate_per_chat = 100
-[agents.default]
-provider = "main"
-system_prompt = "You are the support assistant of Example Ltd."
-max_attempts = 2
-retry_backoff = 0.01
-fallback_text = "We are busy, a person will answer soon."
-[providers.main]
-plugin = "openai"
-base_url = "{llm_base}"
-api_key = "env:OPENAI_API_KEY"
-model = "gpt-4o-mini"
-timeout = 5
 """
-
-
-async def rows(gw: GatewayUnderTest, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    result: list[tuple[Any, ...]] = await gw.running.store.read(
-        "test", lambda db: db.conn.execute(sql, args).fetchall()
+        + openai_agent_config(llm_base)
     )
-    return result
 
 
 async def test_sms_gets_an_ai_reply_once_and_its_delivery_status(tmp_path: Any) -> None:
@@ -93,11 +64,11 @@ async def test_sms_gets_an_ai_reply_once_and_its_delivery_status(tmp_path: Any) 
             )
             assert reply.status_callback == f"http://127.0.0.1:{port}/webhooks/sms/status"
             assert len(twilio.sent) == 1 and len(llm.requests) == 1
-            assert await rows(gw, "SELECT count(*) FROM journal") == [(1,)]
+            assert await sql(gw, "SELECT count(*) FROM journal") == [(1,)]
 
             assert await twilio.message_status(reply.sid, "sent") == 200
             assert await twilio.message_status(reply.sid, "delivered") == 200
-            assert await rows(
+            assert await sql(
                 gw, "SELECT external_id, platform_status FROM outbox WHERE channel = 'sms'"
             ) == [(reply.sid, "delivered")]
 
@@ -108,7 +79,7 @@ async def test_sms_gets_an_ai_reply_once_and_its_delivery_status(tmp_path: Any) 
                 token="not-our-token",
             )
             assert forged.status_code == 403
-            assert await rows(gw, "SELECT platform_status FROM outbox") == [("delivered",)]
+            assert await sql(gw, "SELECT platform_status FROM outbox") == [("delivered",)]
 
 
 async def test_stop_and_start_are_confirmed_by_twilio_and_recorded(tmp_path: Any) -> None:
@@ -124,7 +95,7 @@ async def test_stop_and_start_are_confirmed_by_twilio_and_recorded(tmp_path: Any
             [confirmation] = twilio.auto_replies
             assert confirmation.to == CONTACT and "unsubscribed" in confirmation.body
             assert twilio.sent == [] and llm.requests == []
-            assert await rows(gw, "SELECT state, source FROM consents ORDER BY id") == [
+            assert await sql(gw, "SELECT state, source FROM consents ORDER BY id") == [
                 ("withdrawn", "keyword:STOP")
             ]
 
@@ -134,7 +105,7 @@ async def test_stop_and_start_are_confirmed_by_twilio_and_recorded(tmp_path: Any
                 "You have successfully been unsubscribed",
                 "You have successfully been re-subscribed to messages from this number",
             ]
-            states = await rows(gw, "SELECT state FROM consents ORDER BY id")
+            states = await sql(gw, "SELECT state FROM consents ORDER BY id")
             assert states == [("withdrawn",), ("granted",)]
             assert twilio.sent == [] and llm.requests == []  # confirmed once, by Twilio
 
@@ -153,19 +124,19 @@ async def test_a_call_is_logged_and_its_voicemail_sealed(tmp_path: Any) -> None:
             outcome = await twilio.call(CONTACT, recording=FAKE_AUDIO, recording_seconds=11)
             assert all(status == 200 for _, status in outcome.webhooks), outcome.webhooks
             assert "recorded" in outcome.said[1]
-            events = await rows(gw, "SELECT kind, detail, id FROM conversation_events ORDER BY id")
+            events = await sql(gw, "SELECT kind, detail, id FROM conversation_events ORDER BY id")
             kinds = [kind for kind, _, _ in events]
             assert kinds == ["call", "voicemail"]  # the callbacks merged into one call row
             call = json.loads(events[0][1])
             assert call["status"] == "completed" and call["from"] == CONTACT
             assert call["duration"] == 17 and "start" in call and "end" in call
             assert json.loads(events[1][1]) == {"call_sid": outcome.call_sid, "duration": 11}
-            attachments = await rows(
+            attachments = await sql(
                 gw,
                 "SELECT event_id, category, kind, mime_type, size, state FROM attachments",
             )
             assert attachments == [
                 (events[1][2], "voicemail", "audio", "audio/mpeg", len(FAKE_AUDIO), "sealed")
             ]
-            [(path,)] = await rows(gw, "SELECT path FROM attachments")
+            [(path,)] = await sql(gw, "SELECT path FROM attachments")
             assert FAKE_AUDIO not in await trio.Path(path).read_bytes()  # sealed, not plain

@@ -5,11 +5,10 @@ WhatsApp plugin and OpenAI plugin, against the fake Cloud API and the fake OpenA
 from __future__ import annotations
 
 import hashlib
-import socket
 from typing import Any
 
 from gateway.plugin import load_registry
-from gateway.testing.daemon import open_gateway
+from gateway.testing.daemon import free_port, http_config, open_gateway, openai_agent_config, sql
 from gateway.testing.fake_openai import open_fake_openai
 from gateway.testing.fake_whatsapp import (
     DEFAULT_APP_SECRET,
@@ -27,20 +26,10 @@ ENV = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def config(wa_base: str, llm_base: str, port: int) -> str:
-    return f"""
-[gateway]
-data_dir = "data"
-[http]
-public_bind = "127.0.0.1:{port}"
-admin_bind = "127.0.0.1:0"
-public_url = "http://127.0.0.1:{port}"
+    return (
+        http_config(port)
+        + f"""
 [channels.wa]
 plugin = "whatsapp"
 phone_number_id = "{DEFAULT_PHONE_NUMBER_ID}"
@@ -48,26 +37,9 @@ access_token = "env:WHATSAPP_TOKEN"
 app_secret = "env:WHATSAPP_APP_SECRET"
 verify_token = "env:WHATSAPP_VERIFY_TOKEN"
 api_base = "{wa_base}"
-[agents.default]
-provider = "main"
-system_prompt = "You are the support assistant of Example Ltd."
-max_attempts = 2
-retry_backoff = 0.01
-fallback_text = "We are busy, a person will answer soon."
-[providers.main]
-plugin = "openai"
-base_url = "{llm_base}"
-api_key = "env:OPENAI_API_KEY"
-model = "gpt-4o-mini"
-timeout = 5
 """
-
-
-async def rows(gw: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    result: list[tuple[Any, ...]] = await gw.running.store.read(
-        "test query", lambda db: db.conn.execute(sql, args).fetchall()
+        + openai_agent_config(llm_base)
     )
-    return result
 
 
 async def test_whatsapp_user_gets_answers_statuses_and_can_opt_out(tmp_path: Any) -> None:
@@ -83,23 +55,23 @@ async def test_whatsapp_user_gets_answers_statuses_and_can_opt_out(tmp_path: Any
             note = wa.push_message(USER, "Do you ship to Norway?", name="Kari Nordmann")
             assert await wa.post_webhook(note, signature=None) == 401
             assert await wa.post_webhook(note, signature=wa.sign(b"{}")) == 403
-            assert await rows(gw, "SELECT count(*) FROM journal") == [(0,)]
+            assert await sql(gw, "SELECT count(*) FROM journal") == [(0,)]
 
             assert await wa.deliver(note) == 200
-            assert await rows(gw, "SELECT count(*) FROM journal") == [(1,)]  # before the 200
+            assert await sql(gw, "SELECT count(*) FROM journal") == [(1,)]  # before the 200
             assert await wa.deliver(note) == 200  # Meta's retry of the same notification
             (reply,) = await wa.wait_sent(1)
             assert (reply.to, reply.text) == (USER, "echo: Do you ship to Norway?")
             inbound_id = note["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
             assert reply.reply_to == inbound_id
             await gw.wait_idle()
-            assert len(wa.sent) == 1 and await rows(gw, "SELECT count(*) FROM journal") == [(1,)]
-            assert await rows(gw, "SELECT display_name FROM contacts") == [("Kari Nordmann",)]
+            assert len(wa.sent) == 1 and await sql(gw, "SELECT count(*) FROM journal") == [(1,)]
+            assert await sql(gw, "SELECT display_name FROM contacts") == [("Kari Nordmann",)]
 
             # Meta's status callbacks land on the outbox row of that reply.
             for status in ("sent", "delivered", "read"):
                 assert await wa.deliver(wa.status(reply.message_id, status)) == 200
-            assert await rows(
+            assert await sql(
                 gw,
                 "SELECT state, platform_status FROM outbox WHERE external_id = ?",
                 reply.message_id,
@@ -115,7 +87,7 @@ async def test_whatsapp_user_gets_answers_statuses_and_can_opt_out(tmp_path: Any
             )
             await wa.wait_sent(2)
             assert wa.sent[1].text == "echo: Broken?"
-            assert await rows(gw, "SELECT kind, size, sha256, state FROM attachments") == [
+            assert await sql(gw, "SELECT kind, size, sha256, state FROM attachments") == [
                 ("image", len(photo), hashlib.sha256(photo).hexdigest(), "sealed")
             ]
 
@@ -124,7 +96,7 @@ async def test_whatsapp_user_gets_answers_statuses_and_can_opt_out(tmp_path: Any
             (*_, confirmation) = await wa.wait_sent(3)
             assert confirmation.text.startswith("You are unsubscribed")
             await gw.wait_idle()
-            consents = await rows(gw, "SELECT state, source FROM consents")
+            consents = await sql(gw, "SELECT state, source FROM consents")
             assert consents == [("withdrawn", "keyword:STOP")]
             assert len(wa.sent) == 3
 
@@ -133,12 +105,12 @@ async def test_whatsapp_user_gets_answers_statuses_and_can_opt_out(tmp_path: Any
             assert (
                 await wa.deliver(wa.status(confirmation.message_id, "failed", errors=failed)) == 200
             )
-            assert await rows(
+            assert await sql(
                 gw,
                 "SELECT platform_status FROM outbox WHERE external_id = ?",
                 confirmation.message_id,
             ) == [("failed",)]
-            events = await rows(
+            events = await sql(
                 gw, "SELECT kind, reason FROM conversation_events WHERE kind = 'delivery_failed'"
             )
             assert events == [("delivery_failed", "131026 Message undeliverable")]
