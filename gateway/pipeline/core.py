@@ -368,14 +368,7 @@ class Pipeline:
                 outcome, wait = self._classify(exc, attempt, rate_limited)
                 if exc.retry_after is not None:
                     rate_limited += 1
-                await self.store.write(
-                    "record delivery",
-                    record_attempt_txn,
-                    item.id,
-                    attempt,
-                    outcome,
-                    detail=str(exc),
-                )
+                await self._record_attempt(item.id, attempt, outcome, detail=str(exc))
                 log.log(
                     logging.WARNING if outcome != "retry" else logging.INFO,
                     "send channel=%s outbox=%d attempt=%d outcome=%s: %s",
@@ -401,25 +394,13 @@ class Pipeline:
                     type(exc).__name__,
                     item.id,
                 )
-                await self.store.write(
-                    "record delivery",
-                    record_attempt_txn,
-                    item.id,
-                    attempt,
-                    "failed",
-                    detail=f"plugin error {type(exc).__name__}",
+                await self._record_attempt(
+                    item.id, attempt, "failed", detail=f"plugin error {type(exc).__name__}"
                 )
                 self.counters["send_failed"] += 1
                 self.metrics.send(item.channel, "failed")
                 return True
-            await self.store.write(
-                "record delivery",
-                record_attempt_txn,
-                item.id,
-                attempt,
-                "sent",
-                external_id=result.external_id,
-            )
+            await self._record_attempt(item.id, attempt, "sent", external_id=result.external_id)
             self.counters["sent"] += 1
             self.metrics.send(item.channel, "sent")
             log.info(
@@ -430,6 +411,43 @@ class Pipeline:
                 extra={"attempt": attempt, "outcome": "sent"},
             )
             return True
+
+    async def _record_attempt(
+        self,
+        outbox_id: int,
+        attempt: int,
+        outcome: str,
+        *,
+        detail: str | None = None,
+        external_id: str | None = None,
+    ) -> None:
+        """Record a claimed row's send outcome, retrying until it commits. Only this task knows
+        the outcome: given up on (the disk full, the database locked), the row would stay
+        'sending' and turn 'unknown' at the next start, for a reply that may well have arrived,
+        and the lane's retry would not find it (it looks for pending rows)."""
+        delay = 0.5
+        while True:
+            try:
+                await self.store.write(
+                    "record delivery",
+                    record_attempt_txn,
+                    outbox_id,
+                    attempt,
+                    outcome,
+                    detail=detail,
+                    external_id=external_id,
+                )
+                return
+            except StoreError as exc:
+                log.error(
+                    "outbox %d: cannot record send outcome %r yet (%s); retrying in %.1fs",
+                    outbox_id,
+                    outcome,
+                    exc,
+                    delay,
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _classify(self, exc: SendError, attempt: int, rate_limited: int) -> tuple[str, float]:
         if exc.uncertain:

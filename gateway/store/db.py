@@ -8,6 +8,7 @@ module that imports sqlite_utils imports this one first.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,13 @@ import sqlite_utils  # noqa: E402
 
 from gateway.errors import MasterKeyError, StoreError  # noqa: E402
 
+# How long a write waits for another connection's write lock (a `gateway` command writing while
+# the daemon runs) before it fails with "database is locked": the daemon then refuses the
+# inbound message with 503 and the platform retries. GATEWAY_DB_BUSY_TIMEOUT (seconds) changes
+# it; the fault tests use it to see that refusal within a second rather than 30.
+BUSY_TIMEOUT_ENV = "GATEWAY_DB_BUSY_TIMEOUT"
+DEFAULT_BUSY_TIMEOUT = 30.0
+
 Connection = sqlcipher3.Connection
 DatabaseError = sqlcipher3.DatabaseError
 IntegrityError = sqlcipher3.IntegrityError
@@ -28,8 +36,9 @@ IntegrityError = sqlcipher3.IntegrityError
 
 def connect(path: Path, key: bytes, *, readonly: bool = False) -> sqlite_utils.Database:
     """Open the encrypted database with a raw 32-byte key (no PBKDF2: opens in ~0.2 ms)."""
+    busy_timeout = busy_timeout_seconds()
     try:
-        conn = sqlcipher3.connect(str(path), check_same_thread=False, timeout=30.0)
+        conn = sqlcipher3.connect(str(path), check_same_thread=False, timeout=busy_timeout)
     except sqlcipher3.OperationalError as exc:
         raise StoreError(f"cannot open database {path}: {exc}") from None
     # A wrong key is reported by us (MasterKeyError below), not by SQLCipher's stderr logging.
@@ -52,7 +61,21 @@ def connect(path: Path, key: bytes, *, readonly: bool = False) -> sqlite_utils.D
     # take the last transactions, and FULL costs an fsync per group commit.
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     if readonly:
         conn.execute("PRAGMA query_only = ON")
     return sqlite_utils.Database(conn, execute_plugins=False)
+
+
+def busy_timeout_seconds() -> float:
+    """The busy timeout: ``$GATEWAY_DB_BUSY_TIMEOUT`` seconds if set, else 30."""
+    value = os.environ.get(BUSY_TIMEOUT_ENV, "").strip()
+    if not value:
+        return DEFAULT_BUSY_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise StoreError(f"{BUSY_TIMEOUT_ENV}={value!r} is not a number of seconds") from None
+    if not 0 <= seconds <= 3600:
+        raise StoreError(f"{BUSY_TIMEOUT_ENV}={value!r} must be between 0 and 3600 seconds")
+    return seconds

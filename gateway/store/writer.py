@@ -3,7 +3,10 @@
 Every write of the daemon is a ``*_txn(db, ...)`` function run here. Jobs that queue up while a
 transaction commits go into the next transaction together (group commit): ~100k acknowledged
 writes/s against ~13k/s with one thread hop and commit each (ARCHITECTURE.md). Each job runs in
-its own savepoint, so one failing job rolls back alone and its caller gets the exception.
+its own savepoint, so one failing job rolls back alone and its caller gets the exception. A
+transaction that cannot begin or commit (the disk is full, another connection holds the write
+lock past the busy timeout) fails its batch's jobs with StoreError and the writer goes on: once
+the disk has room again the next batch commits, with no restart (tests/resilience/test_faults.py).
 """
 
 from __future__ import annotations
@@ -49,7 +52,6 @@ class Writer:
         self._thread = threading.Thread(target=self._loop, name="gateway-db-writer", daemon=True)
         self.commits = 0
         self.jobs = 0
-        self.failed = False
 
     def start(self) -> None:
         self._thread.start()
@@ -59,10 +61,6 @@ class Writer:
     ) -> Any:
         """Run ``fn(db, *args)`` in the next group transaction; ``exclusive`` runs it alone and
         outside any transaction (it manages its own, e.g. a re-key)."""
-        if self.failed:
-            from gateway.errors import StoreError
-
-            raise StoreError("the database writer has stopped after an error; see the log")
         job = Job(desc, fn, args, exclusive)
         self._queue.put(job)
         # Not shielded: a cancelled caller stops waiting, the write still happens; every

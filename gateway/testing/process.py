@@ -19,7 +19,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import trio
@@ -52,11 +52,12 @@ class DaemonProcess:
     async def wait(self) -> int:
         return await self.process.wait()
 
-    async def wait_for_output(self, text: str) -> None:
-        """Wait until the process has printed ``text`` (or raise if it exits first)."""
+    async def wait_for_output(self, text: str, count: int = 1) -> None:
+        """Wait until the process has printed ``text`` ``count`` times (or raise if it exits
+        first)."""
         wanted = text.encode()
         async with self._grew:
-            while wanted not in self.output:
+            while self.output.count(wanted) < count:
                 if self.exited.is_set():
                     raise RuntimeError(f"the gateway exited before printing {text!r}")
                 await self._grew.wait()
@@ -97,11 +98,18 @@ async def open_daemon_process(
     log_path: Path,
     *,
     cwd: Path | None = None,
+    wrapper: Sequence[str] = (),
 ) -> AsyncIterator[DaemonProcess]:
     """Start ``gateway run --config config_path`` (no ``--config`` when None: the embedded
-    default) and wait until it is ready; raise with its output if it dies first."""
+    default) and wait until it is ready; raise with its output if it dies first.
+
+    ``wrapper`` is a command the gateway's command line is appended to, e.g. ``unshare --mount
+    sh -c 'mount ... && exec "$@"' sh`` to run it in a mount namespace of its own (a small
+    tmpfs as its data directory). The wrapper must ``exec`` the gateway, so that ``pid``,
+    ``kill()`` and ``/proc/PID/root`` (the daemon's view of the file system) are the gateway's.
+    """
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    args = [sys.executable, "-m", "gateway", "run"]
+    args = [*wrapper, sys.executable, "-m", "gateway", "run"]
     if config_path is not None:
         args += ["--config", str(config_path)]
     process = await trio.lowlevel.open_process(

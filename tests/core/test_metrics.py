@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.errors import SendError
 from gateway.metrics import Metrics, provider_outcome
 from gateway.plugin import Registry
+from gateway.store.db import connect
 from gateway.testing.daemon import GatewayUnderTest, open_gateway
 from gateway.testing.fake_channel import FakeChannel
 from gateway.testing.fake_llm import FakeModel, FakeProvider
@@ -176,7 +177,8 @@ async def test_journal_lag_and_open_outbox_while_work_is_in_flight(tmp_path, reg
     assert value(samples, "gateway_lanes_active", lane="deliver") == 1
 
 
-async def test_healthz_and_readyz(tmp_path, registry):
+async def test_healthz_and_readyz(tmp_path, registry, monkeypatch):
+    monkeypatch.setenv("GATEWAY_DB_BUSY_TIMEOUT", "0.2")
     async with open_gateway(CONFIG, registry, tmp_path) as gw:
         admin = gw.running.admin_urls[0]
         async with httpx.AsyncClient() as http:
@@ -185,11 +187,14 @@ async def test_healthz_and_readyz(tmp_path, registry):
             assert ready.status_code == 200
             assert ready.json() == {"status": "ready"}
 
-            # A writer that stopped after an error: the store is not writable.
-            writer = gw.running.store._writer
-            writer.failed = True
-            broken = await http.get(f"{admin}/readyz")
-            writer.failed = False
+            # Another connection holds the write lock past the busy timeout: not writable.
+            other = connect(gw.running.store.path, gw.running.store._key)
+            other.conn.execute("BEGIN EXCLUSIVE")
+            try:
+                broken = await http.get(f"{admin}/readyz")
+            finally:
+                other.conn.rollback()
+                other.conn.close()
             assert broken.status_code == 503
             assert broken.json()["status"] == "not ready"
             assert broken.json()["reasons"][0].startswith("store not writable")

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 import trio
 
-from gateway.errors import MasterKeyError
+from gateway.errors import MasterKeyError, StoreError
 from gateway.messages import Inbound
 from gateway.store import open_store
 from gateway.store.db import connect
@@ -164,3 +164,16 @@ async def test_sqlite_utils_alter_and_drop_ignore_work_on_sqlcipher(tmp_path):
             return db["scratch"].columns_dict
 
         assert await store.write("alter", alter) == {"a": int, "b": str}
+
+
+def test_busy_timeout_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("GATEWAY_DB_BUSY_TIMEOUT", "0.25")
+    db = connect(tmp_path / "g.db", KEY)
+    try:
+        assert db.conn.execute("PRAGMA busy_timeout").fetchone() == (250,)
+    finally:
+        db.conn.close()
+    for bad in ("soon", "-1"):
+        monkeypatch.setenv("GATEWAY_DB_BUSY_TIMEOUT", bad)
+        with pytest.raises(StoreError, match="GATEWAY_DB_BUSY_TIMEOUT"):
+            connect(tmp_path / "g.db", KEY)
