@@ -21,6 +21,8 @@ real thing on 127.0.0.1 or in-process.
   must pass; :mod:`gateway.testing.conformance_llm`: ``check_provider(harness)`` for providers.
 - :mod:`gateway.testing.daemon`: ``open_gateway(config_text, registry, directory)``, the whole
   daemon in-process; :mod:`gateway.testing.process`: ``open_daemon_process``, as a real process.
+- :mod:`gateway.testing.chaos`: ``run_kill_trials``, kill -9 at random moments under load, restart,
+  and check that nothing acknowledged was lost and no reply was sent twice.
 
 Each fake server also runs standalone: ``python -m gateway.testing.fake_telegram --port 0``.
 """

@@ -110,3 +110,30 @@ async def test_json_output_is_one_object_with_the_figures() -> None:
     for key in ("e2e_ms", "ack_ms"):
         assert set(result[key]) == {"p50", "p95", "p99"}
     assert result["daemon_cpu_s"] > 0 and result["peak_rss_mib"] > 0
+
+
+async def test_soak_samples_memory_and_database_and_loses_nothing() -> None:
+    args = ["--messages", "300", "--chats", "10", "--warmup", "5", "--backlog", "50"]
+    result = json.loads(
+        await bench("soak.py", "--json", "--sample", "0.2", "--print-every", "0.4", *args)
+    )
+    assert result["lost"] == result["duplicated"] == result["unexpected"] == 0
+    assert result["replies"] == 300
+    columns = ["seconds", "replies", "rss_mib", "wal_mib", "db_mib", "driver_rss_mib"]
+    assert result["sample_columns"] == columns
+    assert len(result["samples"]) >= 2 and result["samples"][-1][1] == 300
+    assert 0 < result["rss_warm_mib"] <= result["rss_max_mib"]
+    assert result["rss_end_mib"] > 0 and result["db_final_mib"] > 0
+    assert result["wal_max_mib"] >= result["wal_end_mib"] >= 0
+    assert result["rss_growth_mib_per_100k"] is not None and result["driver_rss_max_mib"] > 0
+
+
+async def test_kills_report() -> None:
+    report = await bench("kills.py", "--trials", "2", "--seed", "3", "--messages-per-trial", "4")
+    assert figure(report, "trials").startswith("2 kills")
+    assert figure(report, "messages acknowledged").startswith("8 ")
+    for label in ("lost", "duplicate replies", "integrity failures"):
+        assert figure(report, label) == "0", report
+    assert re.match(r"\d+ \(\d+ had reached Telegram\)", figure(report, "unknown-state replies"))
+    assert re.match(r"mean [\d.]+ s, max [\d.]+ s", figure(report, "time per trial"))
+    assert report.rstrip().endswith("OK")
