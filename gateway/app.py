@@ -35,6 +35,8 @@ from gateway.outbound import AllowlistResolver
 from gateway.pipeline.core import Pipeline
 from gateway.plugin import Accepted, HistoryItem
 from gateway.reload import Reloader
+from gateway.scheduler import Scheduler
+from gateway.services import Services
 from gateway.store import Store, open_store
 from gateway.store.journal import get_state_txn, history_txn, set_state_txn
 from gateway.store.records import record_event_txn, update_delivery_txn
@@ -57,6 +59,8 @@ class Running:
     reloader: Reloader
     """Applies a new config live (SIGHUP: gateway.reload.reload_from_disk); ``reloader.config``
     is the config running now."""
+    services: Services
+    """Store, pipeline, scheduler and config, as the features see them (gateway.services)."""
 
 
 class CoreChannelContext:
@@ -239,10 +243,13 @@ async def _run(
     stop: trio.Event,
     task_status: trio.TaskStatus[Running],
 ) -> None:
-    from gateway import notify
+    from gateway import features, notify
 
     restarts: dict[str, int] = {}
     stop_http = trio.Event()
+    scheduler = Scheduler()
+    services = Services(config, store, pipeline, http, scheduler, master)
+    features.install(services)  # chat commands and jobs, before anything runs
     async with trio.open_nursery() as root:
 
         def channel_context(name: str, public_url: str | None) -> CoreChannelContext:
@@ -257,9 +264,11 @@ async def _run(
             resolver=resolver,
             restarts=restarts,
             channel_context=channel_context,
+            services=services,
         )
         created = reloader.create_channels()
         await root.start(pipeline.run)
+        await root.start(scheduler.run)
         await reloader.run_channels(created)
         await root.start(
             serve_control, config.data_dir / CONTROL_SOCKET, control_handlers(store, pipeline)
@@ -293,7 +302,17 @@ async def _run(
         gc.collect()
         gc.freeze()
         task_status.started(
-            Running(public_urls, admin_urls, chat_urls, master, pipeline, store, restarts, reloader)
+            Running(
+                public_urls,
+                admin_urls,
+                chat_urls,
+                master,
+                pipeline,
+                store,
+                restarts,
+                reloader,
+                services,
+            )
         )
         log.info("gateway started: public %s, admin %s", public_urls, admin_urls)
         notify.notify_ready(f"public {' '.join(public_urls)}, admin {' '.join(admin_urls)}")

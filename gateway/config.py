@@ -295,6 +295,9 @@ class GatewayConfig:
     providers: dict[str, ProviderEntry]
     local_only: bool = False
     """Top-level ``local_only = true``: no request may leave for a non-local provider."""
+    sections: Mapping[str, BaseModel] = dataclasses.field(default_factory=dict)
+    """Every top-level table of TOP_LEVEL (defaults filled in), by name. A feature reads its own
+    with a typed accessor in its module, e.g. ``gateway.privacy.retention.retention_config``."""
 
     @property
     def data_dir(self) -> Path:
@@ -310,7 +313,12 @@ class GatewayConfig:
         return hosts | set(self.gateway.outbound_hosts)
 
 
-TOP_LEVEL: dict[str, type[BaseModel]] = {"gateway": GatewaySection, "http": HttpSection}
+# Top-level tables: a feature adds its section model here (one entry; the model lives in the
+# feature's module, every key with a default so existing files still load).
+TOP_LEVEL: dict[str, type[BaseModel]] = {
+    "gateway": GatewaySection,
+    "http": HttpSection,
+}
 TABLES = ("channels", "agents", "providers")
 
 
@@ -431,6 +439,7 @@ class _Validator:
         if not data_dir.is_absolute():
             data_dir = self.base / data_dir
         gateway_section = gateway_section.model_copy(update={"data_dir": data_dir})
+        sections["gateway"] = gateway_section
 
         for key in TABLES:
             value = raw.get(key, {})
@@ -522,6 +531,7 @@ class _Validator:
             agents=agents,
             providers=providers,
             local_only=local_only,
+            sections=sections,
         )
 
     def plugin(self, kind: str, table: str, raw: dict[str, Any]) -> tuple[PluginInfo, Any]:

@@ -31,18 +31,21 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import trio
+from quart_trio import QuartTrio
 
 from gateway import notify
 from gateway.agents import AgentSet, sync_knowledge
 from gateway.config import EMBEDDED, AgentConfig, GatewayConfig, load_config
 from gateway.errors import GatewayError, StoreError
 from gateway.http.admin import make_admin_app
+from gateway.http.mounts import admin_blueprints, public_blueprints
 from gateway.http.public import make_public_app
 from gateway.http.swap import SwappableApp
 from gateway.logs import RedactSecrets, collect_secrets
 from gateway.outbound import AllowlistResolver
 from gateway.pipeline.core import Pipeline
 from gateway.plugin import Channel, ChannelContext, Registry
+from gateway.services import Services
 from gateway.store import Store
 from gateway.store.journal import pending_conversations_txn
 from gateway.store.outbox import open_conversations_txn
@@ -221,7 +224,9 @@ class Reloader:
         resolver: AllowlistResolver,
         restarts: dict[str, int],
         channel_context: Callable[[str, str | None], ChannelContext],
+        services: Services | None = None,
     ) -> None:
+        self.services = services
         self.config = config
         self.boot = config
         self.nursery = nursery
@@ -235,7 +240,15 @@ class Reloader:
         self._lock = trio.Lock()
         self.closing = False
         self.public_app = SwappableApp(make_public_app({}))
-        self.admin_app = SwappableApp(make_admin_app(config, pipeline, store, restarts))
+        self.admin_app = SwappableApp(self._admin_app(config))
+
+    def _public_app(self) -> QuartTrio:
+        extra = public_blueprints(self.services) if self.services is not None else []
+        return make_public_app(self.plugins, extra)
+
+    def _admin_app(self, config: GatewayConfig) -> QuartTrio:
+        extra = admin_blueprints(self.services) if self.services is not None else []
+        return make_admin_app(config, self.pipeline, self.store, self.restarts, extra)
 
     @property
     def plugins(self) -> dict[str, Channel]:
@@ -256,7 +269,7 @@ class Reloader:
         """Start ``created`` channels, each supervised; then serve their routes."""
         for name, plugin in created.items():
             await self._run(name, plugin)
-        await self.public_app.swap(make_public_app(self.plugins))
+        await self.public_app.swap(self._public_app())
 
     async def close(self) -> None:
         """Refuse reloads from now on; return once a reload in progress has finished."""
@@ -309,13 +322,15 @@ class Reloader:
             for name in changes.channels.removed:
                 del self.pipeline.channels[name]
             self.config = new
+            if self.services is not None:
+                self.services.config = new
             for name, plugin in created.items():
                 self._register(name, plugin)
                 await self._run(name, plugin)
             # 4. HTTP, logging, pending work
-            if changes.channels:
-                await self.public_app.swap(make_public_app(self.plugins))
-            await self.admin_app.swap(make_admin_app(new, self.pipeline, self.store, self.restarts))
+            if changes.channels or old.sections != new.sections:
+                await self.public_app.swap(self._public_app())
+            await self.admin_app.swap(self._admin_app(new))
             _apply_logging(old, new)
             await self._wake_pipeline()
             return changes

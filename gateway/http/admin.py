@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import quart
@@ -36,9 +37,15 @@ def _noop_txn(db: sqlite_utils.Database) -> None:
 
 
 def make_admin_app(
-    config: GatewayConfig, pipeline: Pipeline, store: Store, restarts: dict[str, int]
+    config: GatewayConfig,
+    pipeline: Pipeline,
+    store: Store,
+    restarts: dict[str, int],
+    blueprints: Sequence[quart.Blueprint] = (),
 ) -> QuartTrio:
     app = QuartTrio("gateway.admin")
+    for blueprint in blueprints:
+        app.register_blueprint(blueprint)
 
     @app.get("/healthz")
     async def healthz() -> Any:

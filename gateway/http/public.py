@@ -7,10 +7,10 @@ gateway.http.swap serves the newest one while requests on an older one finish th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from quart import Response, redirect
+from quart import Blueprint, Response, redirect
 from quart_trio import QuartTrio
 
 from gateway.plugin import Channel
@@ -21,9 +21,13 @@ SECURITY_HEADERS = {
 }
 
 
-def make_public_app(channels: Mapping[str, Channel]) -> QuartTrio:
+def make_public_app(
+    channels: Mapping[str, Channel], blueprints: Sequence[Blueprint] = ()
+) -> QuartTrio:
     app = QuartTrio("gateway.public")
     app.config["MAX_CONTENT_LENGTH"] = 1 * 1024 * 1024
+    for extra in blueprints:
+        app.register_blueprint(extra)
     for plugin in channels.values():
         blueprint = plugin.blueprint()
         if blueprint is not None:

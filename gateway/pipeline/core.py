@@ -27,6 +27,7 @@ from gateway.logs import log_context
 from gateway.messages import Inbound, Outbound
 from gateway.metrics import Metrics
 from gateway.pipeline.agent import Agent
+from gateway.pipeline.commands import CommandCall, Commands
 from gateway.pipeline.consent import Keywords
 from gateway.pipeline.lanes import Lanes
 from gateway.pipeline.ratelimit import SendLimiter
@@ -41,12 +42,14 @@ from gateway.store.journal import (
     handoff_txn,
     next_pending_txn,
     pending_conversations_txn,
+    sender_of_conversation_txn,
 )
 from gateway.store.outbox import (
     OutboxItem,
     mark_sending_txn,
     next_outbox_txn,
     open_conversations_txn,
+    queue_human_reply_txn,
     queue_notification_txn,
     record_attempt_txn,
     recover_outbox_txn,
@@ -92,6 +95,8 @@ class Pipeline:
         self.answers = Lanes("answer", self._answer)
         self.deliveries = Lanes("deliver", self._deliver)
         self.accepting = True
+        self.commands = Commands()
+        """Chat commands answered by gateway features (gateway.pipeline.commands)."""
         self.metrics = metrics if metrics is not None else Metrics()
         self.counters = {
             "accepted": 0,
@@ -212,6 +217,8 @@ class Pipeline:
                 )
                 return False
             last = work.history[-1].text if work.history else ""
+            if await self._command(work, last):
+                return True
             if slot is not None and await self._consent_keyword(slot, work, last):
                 return True
             analysis = agent.analyze(work)
@@ -267,6 +274,41 @@ class Pipeline:
             self.deliveries.notify(conversation_id)
         return True
 
+    async def _command(self, work: PendingWork, text: str) -> bool:
+        """A chat command of a gateway feature (/mydata...) gets that feature's answer."""
+        matched = self.commands.match(text)
+        if matched is None:
+            return False
+        handler, name, args = matched
+        contact_id, identity_id = await self.store.write(
+            "command sender", sender_of_conversation_txn, work.conversation_id
+        )
+        reply = await handler(
+            CommandCall(
+                command=name,
+                args=args,
+                channel=work.channel,
+                account=work.account,
+                thread_key=work.thread_key,
+                conversation_id=work.conversation_id,
+                contact_id=contact_id,
+                identity_id=identity_id,
+                journal_id=work.journal_id,
+                message_id=work.message_id,
+            )
+        )
+        if reply is None:
+            return False
+        if not reply:
+            await self.store.write("close without reply", close_without_reply_txn, work)
+            return True
+        outbox_id = await self.store.write(
+            "command reply", commit_reply_txn, work, reply, "notice", purpose="transactional"
+        )
+        if outbox_id is not None:
+            self.deliveries.notify(work.conversation_id)
+        return True
+
     async def _consent_keyword(self, slot: ChannelSlot, work: PendingWork, text: str) -> bool:
         """An opt-out or re-subscribe message gets its confirmation, not an AI answer.
 
@@ -301,6 +343,18 @@ class Pipeline:
         no such thread. ``key`` makes a retried request harmless. Returns the outbox id."""
         outbox_id, conversation_id, _again = await self.store.write(
             "queue notification", queue_notification_txn, channel, account, thread_key, text, key
+        )
+        self.deliveries.notify(conversation_id)
+        return outbox_id
+
+    async def reply_as_human(self, conversation_id: int, text: str, *, actor: str, key: str) -> int:
+        """Queue a person's reply to a conversation (the admin UI's "reply", the CLI). ``actor``
+        says who (``admin:<email>``); ``key`` makes a double submit one reply. Returns the
+        outbox id; LookupError for an unknown conversation, ValueError for an empty text."""
+        if not text.strip():
+            raise ValueError("a reply needs some text")
+        outbox_id, _again = await self.store.write(
+            "queue human reply", queue_human_reply_txn, conversation_id, text, actor, key
         )
         self.deliveries.notify(conversation_id)
         return outbox_id

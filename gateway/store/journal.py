@@ -413,3 +413,17 @@ def history_txn(
         (channel, thread_key, limit),
     ).fetchall()
     return list(reversed(rows))
+
+
+def sender_of_conversation_txn(
+    db: sqlite_utils.Database, conversation_id: int
+) -> tuple[int, int | None]:
+    """The contact of a conversation and its identity on the conversation's channel."""
+    row = db.conn.execute(
+        "SELECT c.contact_id, (SELECT i.id FROM identities i WHERE i.contact_id = c.contact_id "
+        "AND i.channel = c.channel ORDER BY i.id LIMIT 1) FROM conversations c WHERE c.id = ?",
+        (conversation_id,),
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"conversation {conversation_id} does not exist")
+    return int(row[0]), (int(row[1]) if row[1] is not None else None)

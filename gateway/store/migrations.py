@@ -291,3 +291,9 @@ def m009_create_early_statuses(db: sqlite_utils.Database) -> None:
         "received_at TEXT NOT NULL)"
     )
     db.execute("CREATE INDEX early_statuses_message ON early_statuses (channel, external_id)")
+
+
+# The hash-chained audit log (gateway.privacy.audit).
+from gateway.privacy.audit import m010_create_audit_log  # noqa: E402
+
+migrations()(m010_create_audit_log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import sqlite_utils
 
@@ -219,3 +220,48 @@ def queue_notification_txn(
     ).lastrowid
     assert outbox_id is not None
     return outbox_id, conversation_id, False
+
+
+def queue_human_reply_txn(
+    db: sqlite_utils.Database, conversation_id: int, text: str, actor: str, key: str
+) -> tuple[int, bool]:
+    """Queue a person's reply (admin UI, CLI) to a conversation: author 'human', purpose
+    'reply' (a channel applies its reply rules, e.g. Messenger's HUMAN_AGENT tag after 24 h).
+    A conversation event records who wrote it. ``key`` makes a double submit one reply.
+    Returns (outbox id, already queued); LookupError for an unknown conversation."""
+    conn = db.conn
+    idem = f"human:{key}"
+    row = conn.execute("SELECT id FROM outbox WHERE idempotency_key = ?", (idem,)).fetchone()
+    if row is not None:
+        return row[0], True
+    conversation = conn.execute(
+        "SELECT channel, account, thread_key FROM conversations WHERE id = ?", (conversation_id,)
+    ).fetchone()
+    if conversation is None:
+        raise LookupError(f"conversation {conversation_id} does not exist")
+    channel, account, thread_key = conversation
+    ts = now()
+    message_id = conn.execute(
+        "INSERT INTO messages (conversation_id, direction, text, author, created_at) "
+        "VALUES (?, 'out', ?, 'human', ?)",
+        (conversation_id, text, ts),
+    ).lastrowid
+    outbox_id = conn.execute(
+        "INSERT INTO outbox (idempotency_key, conversation_id, message_id, channel, account, "
+        "thread_key, text, created_at, updated_at, purpose) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reply')",
+        (idem, conversation_id, message_id, channel, account, thread_key, text, ts, ts),
+    ).lastrowid
+    conn.execute(
+        "INSERT INTO conversation_events (conversation_id, at, kind, actor, detail) "
+        "VALUES (?, ?, 'human_reply', ?, ?)",
+        (
+            conversation_id,
+            ts,
+            actor,
+            json.dumps({"message_id": message_id, "outbox_id": outbox_id}),
+        ),
+    )
+    conn.execute("UPDATE conversations SET last_message_at = ? WHERE id = ?", (ts, conversation_id))
+    assert outbox_id is not None
+    return outbox_id, False

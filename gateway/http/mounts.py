@@ -1,0 +1,23 @@
+"""Blueprints the core mounts besides the channels' own: one line per feature.
+
+``public_blueprints`` go on the public bind (webhooks, web chat, developer API);
+``admin_blueprints`` on the admin bind (127.0.0.1 by default: the admin UI). Both are called
+for every app the daemon builds (at start-up and after each live reload), so a blueprint factory
+must be cheap and keep no state of its own beyond what ``services`` holds.
+"""
+
+from __future__ import annotations
+
+from quart import Blueprint
+
+from gateway.services import Services
+
+
+def public_blueprints(services: Services) -> list[Blueprint]:
+    blueprints: list[Blueprint] = []
+    return blueprints
+
+
+def admin_blueprints(services: Services) -> list[Blueprint]:
+    blueprints: list[Blueprint] = []
+    return blueprints

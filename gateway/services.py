@@ -1,0 +1,33 @@
+"""What the daemon's features share: built once in gateway.app, handed to every feature.
+
+A feature (retention sweeps, data-subject requests, the developer API, the admin UI...) gets
+this object in :func:`gateway.features.install` and in the HTTP mounts
+(:mod:`gateway.http.mounts`), and keeps it: ``config`` is replaced by each live reload, so read
+it when needed rather than copying values out at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import httpx
+
+    from gateway.config import GatewayConfig
+    from gateway.keys import MasterKey
+    from gateway.pipeline.core import Pipeline
+    from gateway.scheduler import Scheduler
+    from gateway.store import Store
+
+
+@dataclasses.dataclass
+class Services:
+    config: GatewayConfig
+    """The config running now (a reload replaces it)."""
+    store: Store
+    pipeline: Pipeline
+    http: httpx.AsyncClient
+    """The daemon's shared client; the outbound-host allowlist applies to it."""
+    scheduler: Scheduler
+    master: MasterKey
