@@ -42,6 +42,27 @@ class Sealer:
     def __init__(self, wrap_key: bytes, root: Path) -> None:
         self._wrap = AESGCM(wrap_key)
         self.root = root
+        self._keys: dict[int, bytes] = {}
+        """Unwrapped contact keys (message bodies are opened per row; unwrapping each time
+        would double the cost). Dropped by ``destroy``; bounded by CACHE_SIZE."""
+        self._destroyed: set[int] = set()
+        """Contacts destroyed by this process: a reader that fetched the key before the erasure
+        committed must not put it back in the cache."""
+
+    CACHE_SIZE = 50_000
+
+    def cached_key(self, conn: sqlite3.Connection, contact_id: int, *, create: bool) -> bytes:
+        key = self._keys.get(contact_id)
+        if key is None:
+            if contact_id in self._destroyed:
+                raise KeyDestroyed(f"contact {contact_id}'s key was destroyed (erasure)")
+            key = self.contact_key(conn, contact_id, create=create)
+            if len(self._keys) >= self.CACHE_SIZE:
+                self._keys.clear()
+            self._keys[contact_id] = key
+            if contact_id in self._destroyed:  # destroyed while we fetched it
+                self._keys.pop(contact_id, None)
+        return key
 
     def rewrap_all(self, conn: sqlite3.Connection, new_wrap_key: bytes) -> int:
         """Re-wrap every live contact key under ``new_wrap_key`` (in the caller's transaction;
@@ -114,9 +135,10 @@ class Sealer:
         except InvalidTag:
             raise StoreError(f"{path} does not open with its contact's key (tampered?)") from None
 
-    @staticmethod
-    def destroy(conn: sqlite3.Connection, contact_id: int) -> None:
+    def destroy(self, conn: sqlite3.Connection, contact_id: int) -> None:
         """Crypto-shred: forget the contact's key; keep the row as proof of when."""
+        self._destroyed.add(contact_id)
+        self._keys.pop(contact_id, None)
         conn.execute(
             "UPDATE contact_keys SET wrapped = zeroblob(0), "
             "destroyed_at = strftime('%Y-%m-%dT%H:%M:%fZ') "

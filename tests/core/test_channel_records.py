@@ -82,7 +82,7 @@ async def test_attachment_bytes_are_sealed_per_contact_and_shredded_with_the_key
 
         # Crypto-shredding: destroy the contact's key; the same file no longer opens.
         contact = (await sql(gw, "SELECT contact_id FROM conversations"))[0][0]
-        await store.write("shred", lambda db: Sealer.destroy(db.conn, contact))
+        await store.write("shred", lambda db: store.sealer.destroy(db.conn, contact))
         with pytest.raises(KeyDestroyed):
             await store.read("open", open_attachment_txn, store.sealer, stored[0].id)
         assert path.read_bytes() == on_disk  # the ciphertext is all that is left
