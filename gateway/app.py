@@ -97,7 +97,9 @@ class CoreChannelContext:
         await self._store.write("channel state", set_state_txn, self.name, key, value)
 
     async def history(self, thread_key: str, *, limit: int = 50) -> list[HistoryItem]:
-        rows = await self._store.read("thread history", history_txn, self.name, thread_key, limit)
+        rows = await self._store.read(
+            "thread history", history_txn, self.name, thread_key, limit, self._store.sealer
+        )
         return [
             HistoryItem(message_id, "in" if direction == "in" else "out", text, created, external)
             for message_id, direction, text, created, external in rows

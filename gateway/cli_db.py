@@ -11,6 +11,9 @@ import sqlite_utils
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.keys import DATABASE_FILE, load_master_key
+from gateway.privacy.sealing import Sealer
+from gateway.store import ATTACHMENTS_DIR
+from gateway.store.bodies import sealer_for
 from gateway.store.db import connect
 from gateway.store.migrations import migrations
 
@@ -36,3 +39,9 @@ def open_database(
         yield db
     finally:
         db.conn.close()
+
+
+def store_sealer(db: sqlite_utils.Database, config: GatewayConfig) -> Sealer:
+    """The Sealer the daemon uses, for commands that read or write sealed message bodies and
+    attachments."""
+    return sealer_for(db.conn, config.data_dir / ATTACHMENTS_DIR)

@@ -10,9 +10,11 @@ import argparse
 import json
 from typing import Any
 
-from gateway.cli_db import open_database
+from gateway.cli_db import open_database, store_sealer
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
+from gateway.privacy.sealing import Sealer
+from gateway.store.bodies import conversation_messages
 from gateway.store.journal import conversations_txn, set_contact_ai_txn, set_conversation_txn
 from gateway.store.records import attachments_txn, events_txn
 
@@ -57,7 +59,7 @@ def run(config: GatewayConfig, args: argparse.Namespace) -> int:
         if args.id is None:
             raise GatewayError(f"`gateway conversations {args.action}` needs an id")
         if args.action == "show":
-            return _show(db, args.id)
+            return _show(db, store_sealer(db, config), args.id)
         with db.conn:
             if args.contact:
                 if args.action not in ("ai-off", "ai-on"):
@@ -75,7 +77,7 @@ def run(config: GatewayConfig, args: argparse.Namespace) -> int:
         return 0
 
 
-def _show(db: Any, conversation_id: int) -> int:
+def _show(db: Any, sealer: Sealer, conversation_id: int) -> int:
     """The conversation as a person taking it over reads it: who said what, the analysis of
     each message, and the replies suggested for the newest one."""
     head = db.conn.execute(
@@ -86,15 +88,16 @@ def _show(db: Any, conversation_id: int) -> int:
     print(
         f"conversation {conversation_id} on {head[0]}: {head[1]}, AI {'on' if head[2] else 'off'}"
     )
-    rows = db.conn.execute(
-        "SELECT direction, author, created_at, text, analysis, suggestions FROM messages "
-        "WHERE conversation_id = ? ORDER BY id",
-        (conversation_id,),
-    ).fetchall()
     suggestions: list[str] = []
-    for direction, author, created, text, analysis, suggested in rows:
-        who = "user" if direction == "in" else author
-        print(f"[{created[:19]}] {who}: {text}")
+    before: int | None = None
+    pages = []
+    while page := conversation_messages(sealer, db.conn, conversation_id, before_id=before):
+        pages.append(page)
+        before = page[0].id
+    for m in (m for page in reversed(pages) for m in page):
+        analysis, suggested = m.analysis, m.suggestions
+        who = "user" if m.direction == "in" else m.author
+        print(f"[{m.created_at[:19]}] {who}: {m.text}")
         if analysis:
             a = json.loads(analysis)
             print(

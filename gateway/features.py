@@ -16,5 +16,7 @@ from gateway.services import Services
 
 def install(services: Services) -> None:
     from gateway.privacy import audit_jobs
+    from gateway.store import bodies_job
 
     audit_jobs.install(services)
+    bodies_job.install(services)

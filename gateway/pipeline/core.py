@@ -202,7 +202,11 @@ class Pipeline:
             # other jobs in flight, where one thread hop per read made the GIL ping-pong
             # between threads the largest cost per message (bench: 123 -> 160 replies/s).
             work = await self.store.write(
-                "next pending message", next_pending_txn, conversation_id, window
+                "next pending message",
+                next_pending_txn,
+                conversation_id,
+                window,
+                self.store.sealer,
             )
             if work is None:
                 return False
@@ -251,6 +255,7 @@ class Pipeline:
                     handoff_txn,
                     work,
                     text,
+                    self.store.sealer,
                     reason=reason,
                     analysis=labels,
                     suggestions=suggested,
@@ -264,7 +269,13 @@ class Pipeline:
                 work, slot.config.residency if slot is not None else None
             )
         outbox_id = await self.store.write(
-            "commit reply", commit_reply_txn, work, text, author, analysis=labels
+            "commit reply",
+            commit_reply_txn,
+            work,
+            text,
+            author,
+            self.store.sealer,
+            analysis=labels,
         )
         if outbox_id is not None:
             self.metrics.replied(work.channel, author)
@@ -303,7 +314,13 @@ class Pipeline:
             await self.store.write("close without reply", close_without_reply_txn, work)
             return True
         outbox_id = await self.store.write(
-            "command reply", commit_reply_txn, work, reply, "notice", purpose="transactional"
+            "command reply",
+            commit_reply_txn,
+            work,
+            reply,
+            "notice",
+            self.store.sealer,
+            purpose="transactional",
         )
         if outbox_id is not None:
             self.deliveries.notify(work.conversation_id)
@@ -329,7 +346,13 @@ class Pipeline:
             await self.store.write("close without reply", close_without_reply_txn, work)
             return True
         outbox_id = await self.store.write(
-            "consent confirmation", commit_reply_txn, work, reply, "notice", purpose="transactional"
+            "consent confirmation",
+            commit_reply_txn,
+            work,
+            reply,
+            "notice",
+            self.store.sealer,
+            purpose="transactional",
         )
         if outbox_id is not None:
             self.deliveries.notify(work.conversation_id)
@@ -342,7 +365,14 @@ class Pipeline:
         existing thread. Raises OptedOut if the contact unsubscribed, LookupError if there is
         no such thread. ``key`` makes a retried request harmless. Returns the outbox id."""
         outbox_id, conversation_id, _again = await self.store.write(
-            "queue notification", queue_notification_txn, channel, account, thread_key, text, key
+            "queue notification",
+            queue_notification_txn,
+            channel,
+            account,
+            thread_key,
+            text,
+            key,
+            self.store.sealer,
         )
         self.deliveries.notify(conversation_id)
         return outbox_id
@@ -354,7 +384,13 @@ class Pipeline:
         if not text.strip():
             raise ValueError("a reply needs some text")
         outbox_id, _again = await self.store.write(
-            "queue human reply", queue_human_reply_txn, conversation_id, text, actor, key
+            "queue human reply",
+            queue_human_reply_txn,
+            conversation_id,
+            text,
+            actor,
+            key,
+            self.store.sealer,
         )
         self.deliveries.notify(conversation_id)
         return outbox_id
@@ -364,7 +400,7 @@ class Pipeline:
     async def _deliver(self, conversation_id: int) -> bool:
         # Through the writer for the same reason as "next pending message" above.
         item: OutboxItem | None = await self.store.write(
-            "next outbox row", next_outbox_txn, conversation_id
+            "next outbox row", next_outbox_txn, conversation_id, self.store.sealer
         )
         if item is None:
             return False

@@ -22,6 +22,7 @@ import dataclasses
 import secrets
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -151,3 +152,44 @@ def message_text(sealer: Sealer, conn: sqlite3.Connection, message_id: int) -> s
     if row is None:
         return None
     return open_text(sealer, conn, row[0], row[1], row[2])
+
+
+def register_sql_function(conn: sqlite3.Connection, sealer: Sealer) -> None:
+    """``open_body(contact_id, text, body)`` in SQL on ``conn`` (tools and tests):
+    ``SELECT open_body(c.contact_id, m.text, m.body) FROM messages m JOIN conversations c ...``."""
+
+    def _open(contact_id: int, plain: str, body: bytes | None) -> str:
+        return open_text(sealer, conn, contact_id, plain, body)
+
+    conn.create_function("open_body", 3, _open)
+
+
+def sealer_for(conn: sqlite3.Connection, attachments_dir: Path) -> Sealer:
+    """A Sealer for a database opened outside the daemon (its wrap key is in ``store_keys``)."""
+    row = conn.execute("SELECT value FROM store_keys WHERE name = 'contact-wrap'").fetchone()
+    if row is None:
+        raise StoreError("the database has no contact wrap key yet: start the gateway once")
+    return Sealer(bytes(row[0]), attachments_dir)
+
+
+def seal_legacy_txn(
+    db: object, sealer: Sealer, table: str, after_id: int, limit: int = 500
+) -> int | None:
+    """Seal the plain-text rows of ``table`` ('messages' or 'outbox', written before bodies
+    were sealed) among the ``limit`` rows after ``after_id``. Returns the last id looked at
+    (the next call's ``after_id``), or None when the table is done. Bounded work per call."""
+    if table not in ("messages", "outbox"):
+        raise ValueError(f"no sealed bodies in table {table!r}")
+    conn: sqlite3.Connection = db.conn  # type: ignore[attr-defined]
+    rows = conn.execute(
+        f"SELECT t.id, t.text, t.body, c.contact_id FROM {table} t "
+        "JOIN conversations c ON c.id = t.conversation_id WHERE t.id > ? ORDER BY t.id LIMIT ?",
+        (after_id, limit),
+    ).fetchall()
+    for row_id, text, body, contact_id in rows:
+        if body is None and text:
+            conn.execute(
+                f"UPDATE {table} SET body = ?, text = '' WHERE id = ?",
+                (seal_text(sealer, conn, contact_id, text), row_id),
+            )
+    return int(rows[-1][0]) if rows else None

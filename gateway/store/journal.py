@@ -12,6 +12,7 @@ import sqlite_utils
 from gateway.messages import Inbound
 from gateway.plugin import Accepted
 from gateway.privacy.sealing import Sealer
+from gateway.store.bodies import open_text, seal_text
 
 
 def now() -> str:
@@ -82,7 +83,7 @@ def thread_txn_part(
 
 
 def accept_txn(
-    db: sqlite_utils.Database, items: Sequence[Intake], sealer: Sealer | None = None
+    db: sqlite_utils.Database, items: Sequence[Intake], sealer: Sealer
 ) -> list[Accepted]:
     """Journal each message unless its dedupe key is known; create contact/identity/conversation;
     seal its attachments; record an opt-out/opt-in keyword in the consent ledger."""
@@ -112,11 +113,11 @@ def accept_txn(
             ts,
         )
         message_id = conn.execute(
-            "INSERT INTO messages (conversation_id, direction, text, external_id, author, "
-            "created_at, platform_sent_at) VALUES (?, 'in', ?, ?, 'contact', ?, ?)",
+            "INSERT INTO messages (conversation_id, direction, text, body, external_id, author, "
+            "created_at, platform_sent_at) VALUES (?, 'in', '', ?, ?, 'contact', ?, ?)",
             (
                 conversation_id,
-                m.text,
+                seal_text(sealer, conn, contact_id, m.text),
                 m.external_id,
                 ts,
                 # UTC, as every stored time: times are compared as ISO strings.
@@ -168,6 +169,8 @@ class PendingWork:
     """The conversation's status: 'open' (AI answers), 'handoff' (a person does), 'closed'."""
     ai_allowed: bool = True
     """False when AI is off for the conversation or the contact, or the contact is restricted."""
+    contact_id: int = 0
+    """The conversation's contact (whose key seals the reply)."""
 
 
 def pending_conversations_txn(db: sqlite_utils.Database) -> list[int]:
@@ -180,12 +183,12 @@ def pending_conversations_txn(db: sqlite_utils.Database) -> list[int]:
 
 
 def next_pending_txn(
-    db: sqlite_utils.Database, conversation_id: int, history_turns: int
+    db: sqlite_utils.Database, conversation_id: int, history_turns: int, sealer: Sealer
 ) -> PendingWork | None:
     conn = db.conn
     row = conn.execute(
         "SELECT j.id, j.message_id, c.channel, c.account, c.thread_key, c.agent, m.external_id, "
-        "c.status, c.ai_enabled AND k.ai_enabled AND NOT k.restricted "
+        "c.status, c.ai_enabled AND k.ai_enabled AND NOT k.restricted, c.contact_id "
         "FROM journal j JOIN conversations c ON c.id = j.conversation_id "
         "JOIN contacts k ON k.id = c.contact_id "
         "LEFT JOIN messages m ON m.id = j.message_id "
@@ -194,16 +197,27 @@ def next_pending_txn(
     ).fetchone()
     if row is None:
         return None
-    journal_id, message_id, channel, account, thread_key, agent, external_id, status, ai = row
+    (
+        journal_id,
+        message_id,
+        channel,
+        account,
+        thread_key,
+        agent,
+        external_id,
+        status,
+        ai,
+        contact_id,
+    ) = row
     # Earlier messages, and every reply so far: a reply committed after this message arrived
     # answers an earlier one (one conversation is answered in order), so it belongs before it.
     turns = conn.execute(
-        "SELECT direction, text FROM messages WHERE conversation_id = ? "
+        "SELECT direction, text, body FROM messages WHERE conversation_id = ? "
         "AND (id < ? OR direction = 'out') ORDER BY id DESC LIMIT ?",
         (conversation_id, message_id or 0, history_turns),
     ).fetchall()
     current = conn.execute(
-        "SELECT direction, text FROM messages WHERE id = ?", (message_id,)
+        "SELECT direction, text, body FROM messages WHERE id = ?", (message_id,)
     ).fetchone()
     if current is not None:
         turns.insert(0, current)
@@ -216,9 +230,12 @@ def next_pending_txn(
         thread_key=thread_key,
         agent=agent,
         external_id=external_id,
-        history=tuple(Turn(d, t) for d, t in reversed(turns)),
+        history=tuple(
+            Turn(d, open_text(sealer, conn, contact_id, t, b)) for d, t, b in reversed(turns)
+        ),
         status=status,
         ai_allowed=bool(ai),
+        contact_id=contact_id,
     )
 
 
@@ -286,6 +303,7 @@ def handoff_txn(
     db: sqlite_utils.Database,
     work: PendingWork,
     text: str,
+    sealer: Sealer,
     *,
     reason: str = "asked for a person",
     analysis: str | None = None,
@@ -293,7 +311,9 @@ def handoff_txn(
 ) -> int | None:
     """Hand the conversation to people and tell the user, atomically."""
     set_conversation_txn(db, work.conversation_id, kind="handoff", actor="ai", reason=reason)
-    return commit_reply_txn(db, work, text, "notice", analysis=analysis, suggestions=suggestions)
+    return commit_reply_txn(
+        db, work, text, "notice", sealer, analysis=analysis, suggestions=suggestions
+    )
 
 
 def set_contact_ai_txn(db: sqlite_utils.Database, contact_id: int, enabled: bool) -> bool:
@@ -335,6 +355,7 @@ def commit_reply_txn(
     work: PendingWork,
     text: str,
     author: str,
+    sealer: Sealer,
     *,
     analysis: str | None = None,
     suggestions: str | None = None,
@@ -356,15 +377,17 @@ def commit_reply_txn(
             (ts, work.journal_id),
         )
         return None
+    contact_id = work.contact_id or contact_of(conn, work.conversation_id)
+    body = seal_text(sealer, conn, contact_id, text)
     message_id = conn.execute(
-        "INSERT INTO messages (conversation_id, direction, text, author, created_at) "
-        "VALUES (?, 'out', ?, ?, ?)",
-        (work.conversation_id, text, author, ts),
+        "INSERT INTO messages (conversation_id, direction, text, body, author, created_at) "
+        "VALUES (?, 'out', '', ?, ?, ?)",
+        (work.conversation_id, body, author, ts),
     ).lastrowid
     outbox_id = conn.execute(
         "INSERT INTO outbox (idempotency_key, conversation_id, message_id, channel, account, "
-        "thread_key, text, reply_to_external_id, created_at, updated_at, purpose) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "thread_key, text, body, reply_to_external_id, created_at, updated_at, purpose) "
+        "VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?)",
         (
             key,
             work.conversation_id,
@@ -372,7 +395,7 @@ def commit_reply_txn(
             work.channel,
             work.account,
             work.thread_key,
-            text,
+            body,
             work.external_id,
             ts,
             ts,
@@ -404,15 +427,28 @@ def set_state_txn(db: sqlite_utils.Database, channel: str, key: str, value: str)
 
 
 def history_txn(
-    db: sqlite_utils.Database, channel: str, thread_key: str, limit: int
+    db: sqlite_utils.Database, channel: str, thread_key: str, limit: int, sealer: Sealer
 ) -> list[tuple[int, str, str, str, str | None]]:
-    rows = db.conn.execute(
-        "SELECT m.id, m.direction, m.text, m.created_at, m.external_id FROM messages m "
-        "JOIN conversations c ON c.id = m.conversation_id "
+    conn = db.conn
+    rows = conn.execute(
+        "SELECT m.id, m.direction, m.text, m.body, m.created_at, m.external_id, c.contact_id "
+        "FROM messages m JOIN conversations c ON c.id = m.conversation_id "
         "WHERE c.channel = ? AND c.thread_key = ? ORDER BY m.id DESC LIMIT ?",
         (channel, thread_key, limit),
     ).fetchall()
-    return list(reversed(rows))
+    return [
+        (mid, direction, open_text(sealer, conn, contact, text, body), created, external)
+        for mid, direction, text, body, created, external, contact in reversed(rows)
+    ]
+
+
+def contact_of(conn: sqlite3.Connection, conversation_id: int) -> int:
+    row = conn.execute(
+        "SELECT contact_id FROM conversations WHERE id = ?", (conversation_id,)
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"conversation {conversation_id} does not exist")
+    return int(row[0])
 
 
 def sender_of_conversation_txn(

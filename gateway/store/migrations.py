@@ -297,3 +297,10 @@ def m009_create_early_statuses(db: sqlite_utils.Database) -> None:
 from gateway.privacy.audit import m010_create_audit_log  # noqa: E402
 
 migrations()(m010_create_audit_log)
+
+
+@migrations()
+def m011_add_sealed_bodies(db: sqlite_utils.Database) -> None:
+    # Message and reply text sealed per contact (gateway.store.bodies); text '' for such rows.
+    db.execute("ALTER TABLE messages ADD COLUMN body BLOB")
+    db.execute("ALTER TABLE outbox ADD COLUMN body BLOB")

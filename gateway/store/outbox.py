@@ -7,6 +7,8 @@ import json
 
 import sqlite_utils
 
+from gateway.privacy.sealing import Sealer
+from gateway.store.bodies import open_text, seal_text
 from gateway.store.journal import now
 
 _OPEN = "state IN ('pending', 'sending')"
@@ -69,7 +71,9 @@ def open_conversations_txn(db: sqlite_utils.Database) -> list[int]:
     ]
 
 
-def next_outbox_txn(db: sqlite_utils.Database, conversation_id: int) -> OutboxItem | None:
+def next_outbox_txn(
+    db: sqlite_utils.Database, conversation_id: int, sealer: Sealer
+) -> OutboxItem | None:
     from gateway.store.records import consent_state, thread_identity
 
     conn = db.conn
@@ -78,14 +82,19 @@ def next_outbox_txn(db: sqlite_utils.Database, conversation_id: int) -> OutboxIt
         "o.text, o.reply_to_external_id, o.attempts, o.message_id, "
         "coalesce(m.author, 'ai'), o.purpose, "
         "(SELECT max(coalesce(i.platform_sent_at, i.created_at)) FROM messages i "
-        " WHERE i.conversation_id = o.conversation_id AND i.direction = 'in') "
+        " WHERE i.conversation_id = o.conversation_id AND i.direction = 'in'), "
+        "o.body, c.contact_id "
         "FROM outbox o LEFT JOIN messages m ON m.id = o.message_id "
+        "JOIN conversations c ON c.id = o.conversation_id "
         f"WHERE o.conversation_id = ? AND o.{_OPEN} AND o.state = 'pending' ORDER BY o.id LIMIT 1",
         (conversation_id,),
     ).fetchone()
     if row is None:
         return None
-    item = OutboxItem(*row)
+    *fields, body, contact_id = row
+    item = OutboxItem(*fields)
+    if body is not None:
+        item = dataclasses.replace(item, text=open_text(sealer, conn, contact_id, item.text, body))
     if item.purpose == "notification":
         identity = thread_identity(conn, conversation_id)
         if identity is not None and consent_state(conn, identity) == "withdrawn":
@@ -177,6 +186,7 @@ def queue_notification_txn(
     thread_key: str,
     text: str,
     key: str,
+    sealer: Sealer,
 ) -> tuple[int, int, bool]:
     """Queue a message we initiate to an existing thread; refuse it if the contact opted out.
 
@@ -194,12 +204,13 @@ def queue_notification_txn(
     if row is not None:
         return row[0], row[1], True
     conversation = conn.execute(
-        "SELECT id FROM conversations WHERE channel = ? AND account = ? AND thread_key = ?",
+        "SELECT id, contact_id FROM conversations "
+        "WHERE channel = ? AND account = ? AND thread_key = ?",
         (channel, account, thread_key),
     ).fetchone()
     if conversation is None:
         raise LookupError(f"no conversation on channel {channel!r} with thread {thread_key!r}")
-    conversation_id = conversation[0]
+    conversation_id, contact_id = conversation
     identity = thread_identity(conn, conversation_id)
     if identity is not None and consent_state(conn, identity) == "withdrawn":
         raise OptedOut(
@@ -207,23 +218,29 @@ def queue_notification_txn(
             "them are refused until they subscribe again"
         )
     ts = now()
+    body = seal_text(sealer, conn, contact_id, text)
     message_id = conn.execute(
-        "INSERT INTO messages (conversation_id, direction, text, author, created_at) "
-        "VALUES (?, 'out', ?, 'notice', ?)",
-        (conversation_id, text, ts),
+        "INSERT INTO messages (conversation_id, direction, text, body, author, created_at) "
+        "VALUES (?, 'out', '', ?, 'notice', ?)",
+        (conversation_id, body, ts),
     ).lastrowid
     outbox_id = conn.execute(
         "INSERT INTO outbox (idempotency_key, conversation_id, message_id, channel, account, "
-        "thread_key, text, created_at, updated_at, purpose) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'notification')",
-        (idem, conversation_id, message_id, channel, account, thread_key, text, ts, ts),
+        "thread_key, text, body, created_at, updated_at, purpose) "
+        "VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?, 'notification')",
+        (idem, conversation_id, message_id, channel, account, thread_key, body, ts, ts),
     ).lastrowid
     assert outbox_id is not None
     return outbox_id, conversation_id, False
 
 
 def queue_human_reply_txn(
-    db: sqlite_utils.Database, conversation_id: int, text: str, actor: str, key: str
+    db: sqlite_utils.Database,
+    conversation_id: int,
+    text: str,
+    actor: str,
+    key: str,
+    sealer: Sealer,
 ) -> tuple[int, bool]:
     """Queue a person's reply (admin UI, CLI) to a conversation: author 'human', purpose
     'reply' (a channel applies its reply rules, e.g. Messenger's HUMAN_AGENT tag after 24 h).
@@ -235,22 +252,24 @@ def queue_human_reply_txn(
     if row is not None:
         return row[0], True
     conversation = conn.execute(
-        "SELECT channel, account, thread_key FROM conversations WHERE id = ?", (conversation_id,)
+        "SELECT channel, account, thread_key, contact_id FROM conversations WHERE id = ?",
+        (conversation_id,),
     ).fetchone()
     if conversation is None:
         raise LookupError(f"conversation {conversation_id} does not exist")
-    channel, account, thread_key = conversation
+    channel, account, thread_key, contact_id = conversation
     ts = now()
+    body = seal_text(sealer, conn, contact_id, text)
     message_id = conn.execute(
-        "INSERT INTO messages (conversation_id, direction, text, author, created_at) "
-        "VALUES (?, 'out', ?, 'human', ?)",
-        (conversation_id, text, ts),
+        "INSERT INTO messages (conversation_id, direction, text, body, author, created_at) "
+        "VALUES (?, 'out', '', ?, 'human', ?)",
+        (conversation_id, body, ts),
     ).lastrowid
     outbox_id = conn.execute(
         "INSERT INTO outbox (idempotency_key, conversation_id, message_id, channel, account, "
-        "thread_key, text, created_at, updated_at, purpose) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reply')",
-        (idem, conversation_id, message_id, channel, account, thread_key, text, ts, ts),
+        "thread_key, text, body, created_at, updated_at, purpose) "
+        "VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?, 'reply')",
+        (idem, conversation_id, message_id, channel, account, thread_key, body, ts, ts),
     ).lastrowid
     conn.execute(
         "INSERT INTO conversation_events (conversation_id, at, kind, actor, detail) "

@@ -48,6 +48,7 @@ import trio
 import gateway
 from gateway.errors import GatewayError
 from gateway.keys import MasterKey
+from gateway.store.bodies import register_sql_function, sealer_for
 from gateway.store.db import connect
 from gateway.testing.daemon import free_port
 from gateway.testing.fake_openai import FakeOpenAIServer, open_fake_openai
@@ -231,14 +232,13 @@ async def run_kill_trials(
         # The final start: recovery has marked interrupted sends 'unknown' before "ready".
         async with open_daemon_process(config, ENV, log, cwd=_SOURCE_ROOT) as daemon:
             unknown_texts = {
-                text
-                for (text,) in _read(data_dir, "SELECT text FROM outbox WHERE state = 'unknown'")
+                text for (text,) in _read(data_dir, OUTBOX_TEXT + "WHERE o.state = 'unknown'")
             }
             final_redelivered = sum(_external_id(u) in posted for u in tg.updates)
             with trio.move_on_after(DRAIN_DEADLINE) as drain:
                 await _deliver_all(tg, acked, posted, daemon)
                 # Only stored messages can be answered: a lost one is reported, not waited for.
-                inbound = _read(data_dir, "SELECT text FROM messages WHERE direction = 'in'")
+                inbound = _read(data_dir, INBOUND_TEXT)
                 expected = {f"echo: {t}" for (t,) in inbound} - unknown_texts
                 while not expected <= {m.text for m in tg.sent}:
                     await tg.wait_sent(len(tg.sent) + 1)
@@ -358,10 +358,22 @@ def _external_id(update: dict[str, Any]) -> str:
     return f"{message['chat']['id']}:{message['message_id']}"
 
 
+# Message text is sealed per contact (gateway.store.bodies): read through open_body().
+INBOUND_TEXT = (
+    "SELECT open_body(c.contact_id, m.text, m.body) FROM messages m "
+    "JOIN conversations c ON c.id = m.conversation_id WHERE m.direction = 'in'"
+)
+OUTBOX_TEXT = (
+    "SELECT open_body(c.contact_id, o.text, o.body) FROM outbox o "
+    "JOIN conversations c ON c.id = o.conversation_id "
+)
+
+
 def _read(data_dir: Path, query: str) -> list[tuple[Any, ...]]:
     key = MasterKey(bytes.fromhex(MASTER), "test").derive("sqlcipher")
     db = connect(data_dir / "gateway.db", key, readonly=True)
     try:
+        register_sql_function(db.conn, sealer_for(db.conn, data_dir / "attachments"))
         rows: list[tuple[Any, ...]] = db.conn.execute(query).fetchall()
         return rows
     finally:

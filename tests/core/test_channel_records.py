@@ -259,7 +259,9 @@ async def test_conversations_show_lists_attachments_and_events(tmp_path, fake_re
             )
         )
         await gw.wait_idle()
-        await gw.running.store.read("show", conversations_cli._show, accepted.conversation_id)
+        await gw.running.store.read(
+            "show", conversations_cli._show, gw.running.store.sealer, accepted.conversation_id
+        )
     shown = capsys.readouterr().out
     assert "#1 image image/png  (3 bytes, sealed, retention category attachments)" in shown
     assert "call by contact duration=7 status=completed" in shown

@@ -113,7 +113,7 @@ def test_conversations_list_and_release(tmp_path):
         ) as store:
             inbound = Inbound("web", "m1", "visitor1", "visitor1", "secret words")
             (accepted,) = await store.write(
-                "a", accept_txn, [Intake("k", "web", "default", inbound)]
+                "a", accept_txn, [Intake("k", "web", "default", inbound)], store.sealer
             )
             await store.write(
                 "h", set_conversation_txn, accepted.conversation_id, kind="handoff", actor="test"

@@ -10,6 +10,7 @@ import pytest
 
 from gateway import conversations_cli
 from gateway.config import AgentConfig, BusinessHours
+from gateway.store.bodies import conversation_messages
 from gateway.store.journal import set_contact_ai_txn, set_conversation_txn
 from gateway.testing.daemon import http_config, open_gateway
 from gateway.testing.fake_channel import FakeChannel
@@ -66,7 +67,9 @@ async def test_asking_for_a_person_hands_off_and_silences_the_ai(tmp_path, fake_
         stored = await gw.running.store.read(
             "m",
             lambda db: [
-                r[0] for r in db.conn.execute("SELECT text FROM messages WHERE direction='in'")
+                m.text
+                for m in conversation_messages(gw.running.store.sealer, db.conn, conversation)
+                if m.direction == "in"
             ],
         )
         assert stored == [phrase, "hello? anyone?"]  # kept for the person who answers
@@ -165,15 +168,18 @@ async def test_analysis_is_stored_and_routed_categories_go_to_people(
         await gw.wait_idle()
         rows = await gw.running.store.read(
             "a",
-            lambda db: db.conn.execute(
-                "SELECT c.thread_key, m.text, m.analysis, m.suggestions FROM messages m "
-                "JOIN conversations c ON c.id = m.conversation_id "
-                "WHERE m.direction = 'in' ORDER BY m.id"
-            ).fetchall(),
+            lambda db: [
+                (thread, m.text, m.analysis, m.suggestions)
+                for thread, cid in db.conn.execute("SELECT thread_key, id FROM conversations")
+                for m in conversation_messages(gw.running.store.sealer, db.conn, cid)
+                if m.direction == "in"
+            ],
         )
         conversation = (await conversation_status(gw, "c2"))[1]
         capsys.readouterr()
-        await gw.running.store.read("show", conversations_cli._show, conversation)
+        await gw.running.store.read(
+            "show", conversations_cli._show, gw.running.store.sealer, conversation
+        )
         shown = capsys.readouterr().out
     # What the person taking over sees (`gateway conversations show`).
     assert "handoff" in shown and "category=billing sentiment=negative" in shown

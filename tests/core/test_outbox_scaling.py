@@ -63,16 +63,16 @@ def steps_txn(db: sqlite_utils.Database, fn, *args) -> tuple[object, int]:  # ty
 
 async def test_next_reply_lookup_does_not_scan_sent_replies(tmp_path):
     async with open_store(tmp_path / "g.db", KEY) as store:
-        await store.write("accept", accept_txn, [intake("1")])
+        await store.write("accept", accept_txn, [intake("1")], store.sealer)
         (cid,) = await store.read("p", pending_conversations_txn)
-        work = await store.read("next", next_pending_txn, cid, 10)
-        await store.write("reply", commit_reply_txn, work, "answer", "ai")
-        _, before = await store.write("steps", steps_txn, next_outbox_txn, cid)
+        work = await store.read("next", next_pending_txn, cid, 10, store.sealer)
+        await store.write("reply", commit_reply_txn, work, "answer", "ai", store.sealer)
+        _, before = await store.write("steps", steps_txn, next_outbox_txn, cid, store.sealer)
         await store.write("history", add_sent_rows_txn, SENT)
-        await store.write("accept", accept_txn, [intake("2")])
-        work = await store.read("next", next_pending_txn, cid, 10)
-        await store.write("reply", commit_reply_txn, work, "answer 2", "ai")
-        item, after = await store.write("steps", steps_txn, next_outbox_txn, cid)
+        await store.write("accept", accept_txn, [intake("2")], store.sealer)
+        work = await store.read("next", next_pending_txn, cid, 10, store.sealer)
+        await store.write("reply", commit_reply_txn, work, "answer 2", "ai", store.sealer)
+        item, after = await store.write("steps", steps_txn, next_outbox_txn, cid, store.sealer)
         assert item is not None and item.text == "answer 2"
         # A scan costs several steps per row: 20,000 rows are >> 200 progress calls.
         assert after <= before + 2, (before, after)

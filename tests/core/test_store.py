@@ -42,7 +42,9 @@ def intake(external_id: str, text: str = "hello", thread: str = "chat1") -> Inta
 async def test_database_is_encrypted_at_rest(tmp_path):
     path = tmp_path / "gateway.db"
     async with open_store(path, KEY) as store:
-        await store.write("accept", accept_txn, [intake("1", "my secret passport number 4711")])
+        await store.write(
+            "accept", accept_txn, [intake("1", "my secret passport number 4711")], store.sealer
+        )
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("gateway.db"))
     assert b"4711" not in raw and b"passport" not in raw and b"SQLite format 3" not in raw
     with pytest.raises(sqlite3.DatabaseError):
@@ -53,8 +55,8 @@ async def test_database_is_encrypted_at_rest(tmp_path):
 
 async def test_accept_dedupes_and_creates_contact_conversation(tmp_path):
     async with open_store(tmp_path / "g.db", KEY) as store:
-        first = await store.write("accept", accept_txn, [intake("1"), intake("2")])
-        again = await store.write("accept", accept_txn, [intake("1")])
+        first = await store.write("accept", accept_txn, [intake("1"), intake("2")], store.sealer)
+        again = await store.write("accept", accept_txn, [intake("1")], store.sealer)
         assert [a.duplicate for a in first] == [False, False]
         assert again[0].duplicate and again[0].message_id == first[0].message_id
         assert first[0].conversation_id == first[1].conversation_id
@@ -79,7 +81,11 @@ async def test_group_commit_batches_concurrent_writers(tmp_path):
         async with trio.open_nursery() as nursery:
             for i in range(300):
                 nursery.start_soon(
-                    store.write, "accept", accept_txn, [intake(str(i), thread=f"c{i % 30}")]
+                    store.write,
+                    "accept",
+                    accept_txn,
+                    [intake(str(i), thread=f"c{i % 30}")],
+                    store.sealer,
                 )
         assert store.stats["writes"] >= 300
         assert store.stats["commits"] < 300  # several writes shared a commit
@@ -94,7 +100,7 @@ async def test_failing_job_rolls_back_alone(tmp_path):
             raise RuntimeError("boom")
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(store.write, "accept", accept_txn, [intake("1")])
+            nursery.start_soon(store.write, "accept", accept_txn, [intake("1")], store.sealer)
             with pytest.raises(RuntimeError, match="boom"):
                 await store.write("boom", boom)
         assert await store.read("n", lambda db: db["channel_state"].count) == 0
@@ -103,36 +109,39 @@ async def test_failing_job_rolls_back_alone(tmp_path):
 
 async def test_reply_is_idempotent_per_journal_entry(tmp_path):
     async with open_store(tmp_path / "g.db", KEY) as store:
-        await store.write("accept", accept_txn, [intake("1"), intake("2")])
+        await store.write("accept", accept_txn, [intake("1"), intake("2")], store.sealer)
         (cid,) = await store.read("p", pending_conversations_txn)
-        work = await store.read("next", next_pending_txn, cid, 10)
+        work = await store.read("next", next_pending_txn, cid, 10, store.sealer)
         assert [t.text for t in work.history] == ["hello"]
-        first = await store.write("reply", commit_reply_txn, work, "hi!", "ai")
+        first = await store.write("reply", commit_reply_txn, work, "hi!", "ai", store.sealer)
         # The same work answered again (a crash between model call and commit) adds nothing.
-        assert await store.write("reply", commit_reply_txn, work, "hi again", "ai") is None
+        assert (
+            await store.write("reply", commit_reply_txn, work, "hi again", "ai", store.sealer)
+            is None
+        )
         assert first is not None
-        work2 = await store.read("next", next_pending_txn, cid, 10)
+        work2 = await store.read("next", next_pending_txn, cid, 10, store.sealer)
         assert [t.text for t in work2.history] == ["hello", "hi!", "hello"]
         assert await store.read("n", lambda db: db["outbox"].count) == 1
 
 
 async def test_outbox_states_and_crash_recovery(tmp_path):
     async with open_store(tmp_path / "g.db", KEY) as store:
-        await store.write("accept", accept_txn, [intake("1"), intake("2")])
+        await store.write("accept", accept_txn, [intake("1"), intake("2")], store.sealer)
         (cid,) = await store.read("p", pending_conversations_txn)
         for _ in range(2):
-            work = await store.read("next", next_pending_txn, cid, 10)
-            await store.write("reply", commit_reply_txn, work, "answer", "ai")
-        first = await store.read("o", next_outbox_txn, cid)
+            work = await store.read("next", next_pending_txn, cid, 10, store.sealer)
+            await store.write("reply", commit_reply_txn, work, "answer", "ai", store.sealer)
+        first = await store.read("o", next_outbox_txn, cid, store.sealer)
         assert await store.write("claim", mark_sending_txn, first.id) == 1
         assert await store.write("claim", mark_sending_txn, first.id) == 0  # not pending any more
         # A crash now: at restart the row becomes 'unknown' and is not sent again.
         assert await store.write("recover", recover_outbox_txn) == [first.id]
-        second = await store.read("o", next_outbox_txn, cid)
+        second = await store.read("o", next_outbox_txn, cid, store.sealer)
         assert second.id != first.id
         await store.write("claim", mark_sending_txn, second.id)
         await store.write("sent", record_attempt_txn, second.id, 1, "sent", external_id="tg-9")
-        assert await store.read("o", next_outbox_txn, cid) is None
+        assert await store.read("o", next_outbox_txn, cid, store.sealer) is None
         states = await store.read(
             "s", lambda db: dict(db.conn.execute("SELECT id, state FROM outbox"))
         )

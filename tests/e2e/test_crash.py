@@ -15,7 +15,9 @@ import pytest
 import trio
 
 from gateway.keys import MasterKey
+from gateway.store.bodies import register_sql_function, sealer_for
 from gateway.store.db import connect
+from gateway.testing.chaos import INBOUND_TEXT
 from gateway.testing.fake_openai import open_fake_openai
 from gateway.testing.fake_telegram import open_fake_telegram
 from gateway.testing.process import open_daemon_process
@@ -74,6 +76,7 @@ def read_db(data_dir: Path, query: str) -> list[tuple]:
     key = MasterKey(bytes.fromhex(MASTER), "test").derive("sqlcipher")
     db = connect(data_dir / "gateway.db", key, readonly=True)
     try:
+        register_sql_function(db.conn, sealer_for(db.conn, data_dir / "attachments"))
         return db.conn.execute(query).fetchall()
     finally:
         db.conn.close()
@@ -117,7 +120,9 @@ async def test_kill_9_loses_nothing_and_never_sends_twice(tmp_path):
             unknown = {
                 (int(chat), text)
                 for chat, text in read_db(
-                    data_dir, "SELECT thread_key, text FROM outbox WHERE state = 'unknown'"
+                    data_dir,
+                    "SELECT o.thread_key, open_body(c.contact_id, o.text, o.body) FROM outbox o "
+                    "JOIN conversations c ON c.id = o.conversation_id WHERE o.state = 'unknown'",
                 )
             }
             delivered_unknown = sum(1 for m in tg.sent if (m.chat_id, m.text) in unknown)
@@ -135,7 +140,7 @@ async def test_kill_9_loses_nothing_and_never_sends_twice(tmp_path):
     missing = expected_replies - set(sent) - unknown
     assert not missing, f"messages never answered: {sorted(missing)[:10]}"
     # Every acknowledged message is stored exactly once and its journal entry is done.
-    inbound = read_db(data_dir, "SELECT text FROM messages WHERE direction = 'in'")
+    inbound = read_db(data_dir, INBOUND_TEXT)
     assert sorted(t for (t,) in inbound) == sorted(t for _, t in pushed)
     assert read_db(data_dir, "SELECT state, count(*) FROM journal GROUP BY state") == [
         ("done", len(pushed))

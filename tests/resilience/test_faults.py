@@ -32,6 +32,7 @@ import trio
 
 from gateway.keys import MasterKey
 from gateway.store.db import connect
+from gateway.testing.chaos import INBOUND_TEXT
 from gateway.testing.daemon import free_port
 from gateway.testing.fake_openai import open_fake_openai
 from gateway.testing.fake_telegram import FakeTelegramServer, open_fake_telegram
@@ -119,6 +120,8 @@ async def read_db(data_dir: Path, query: str, *, pid: int | None = None) -> list
         "from gateway.store.db import connect; "
         f"key = MasterKey(bytes.fromhex({MASTER!r}), 'test').derive('sqlcipher'); "
         "db = connect(Path(sys.argv[1]) / 'gateway.db', key, readonly=True); "
+        "from gateway.store.bodies import register_sql_function, sealer_for; "
+        "register_sql_function(db.conn, sealer_for(db.conn, Path(sys.argv[1]) / 'attachments')); "
         "print(json.dumps(db.conn.execute(sys.argv[2]).fetchall()))"
     )
     command = [sys.executable, "-c", code, str(data_dir), query]
@@ -172,7 +175,7 @@ class Platform:
 
 async def check_store(data_dir: Path, platform: Platform, *, pid: int | None = None) -> None:
     """Every message is stored once, its journal entry done and its one reply sent."""
-    inbound = await read_db(data_dir, "SELECT text FROM messages WHERE direction = 'in'", pid=pid)
+    inbound = await read_db(data_dir, INBOUND_TEXT, pid=pid)
     assert sorted(t for (t,) in inbound) == sorted(t for _, t in platform.pushed)
     journal = "SELECT state, count(*) FROM journal GROUP BY state"
     assert await read_db(data_dir, journal, pid=pid) == [["done", len(platform.pushed)]]
