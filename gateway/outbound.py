@@ -105,3 +105,19 @@ class AllowlistResolver(trio.abc.HostnameResolver):
         return await trio.to_thread.run_sync(
             socket.getnameinfo, sockaddr, flags, abandon_on_cancel=True
         )
+
+
+def media_host_allowed(url: str, patterns: list[str]) -> bool:
+    """PUBLIC. Is ``url`` on one of ``patterns`` ("https://*.fbcdn.net", "http://127.0.0.1:8080")?"""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    for pattern in patterns:
+        want = urlsplit(pattern)
+        rule = (want.hostname or "").lower()
+        if want.scheme != parts.scheme or (want.port is not None and want.port != parts.port):
+            continue
+        if host == rule or (
+            rule.startswith("*.") and (host.endswith(rule[1:]) or host == rule[2:])
+        ):
+            return True
+    return False

@@ -23,7 +23,7 @@ import certifi
 import httpx
 import trio
 
-from plugins.messenger.channel import media_host_allowed
+from gateway.outbound import media_host_allowed
 
 from .config import MaxConfig
 from .convert import api_error_text

@@ -24,6 +24,7 @@ import httpx
 import quart
 import trio
 
+from gateway.backoff import Backoff
 from gateway.errors import PluginError, SendError, StoreError
 from gateway.messages import Inbound, Outbound, SendResult
 from gateway.plugin import Accepted, ChannelContext
@@ -145,7 +146,7 @@ class MaxChannel:
     async def _poll_forever(self) -> None:
         assert self.account is not None
         marker = await self._load_marker(self.account)
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             try:
                 updates, next_marker = await self.api.updates(
@@ -412,19 +413,3 @@ def _after_parts(sent: list[str], total: int, error: SendError) -> SendError:
     return SendError(
         f"{len(sent)} of {total} parts were delivered to Max, then: {error}", uncertain=True
     )
-
-
-class _Backoff:
-    """Waits between failed polls: 0.25 s doubling to 30 s; ``reset`` after a success."""
-
-    def __init__(self, first: float = 0.25, limit: float = 30.0) -> None:
-        self.first = first
-        self.limit = limit
-        self.next = first
-
-    async def wait(self) -> None:
-        await trio.sleep(self.next)
-        self.next = min(self.next * 2, self.limit)
-
-    def reset(self) -> None:
-        self.next = self.first

@@ -18,7 +18,7 @@ import hmac
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 import quart
@@ -26,6 +26,7 @@ import trio
 
 from gateway.errors import PluginError, SendError, StoreError
 from gateway.messages import Attachment, Inbound, Outbound, SendResult, utcnow
+from gateway.outbound import media_host_allowed
 from gateway.plugin import ChannelContext, HistoryItem
 from gateway.webhooks import (
     META_SIGNATURE_HEADER,
@@ -410,22 +411,6 @@ class InstagramChannel(MetaChannel):
         # Instagram Login: /me answers user_id (the account id); through a Page: the account.
         self.check_node = self.config.instagram_account_id if page else "me"
         self.check_fields = "id,username" if page else "user_id,username"
-
-
-def media_host_allowed(url: str, patterns: list[str]) -> bool:
-    """Is ``url`` on one of ``patterns`` ("https://*.fbcdn.net", "http://127.0.0.1:8080")?"""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    for pattern in patterns:
-        want = urlsplit(pattern)
-        rule = (want.hostname or "").lower()
-        if want.scheme != parts.scheme or (want.port is not None and want.port != parts.port):
-            continue
-        if host == rule or (
-            rule.startswith("*.") and (host.endswith(rule[1:]) or host == rule[2:])
-        ):
-            return True
-    return False
 
 
 def _replace_attachments(inbound: Inbound, attachments: tuple[Attachment, ...]) -> Inbound:

@@ -24,6 +24,7 @@ import trio
 from pydantic import Field, field_validator, model_validator
 from telegram.request import HTTPXRequest
 
+from gateway.backoff import Backoff
 from gateway.errors import PluginError, SendError, StoreError
 from gateway.messages import Inbound, Outbound, SendResult
 from gateway.plugin import ChannelConfig, ChannelContext
@@ -197,7 +198,7 @@ class TelegramChannel:
 
     async def _poll_forever(self) -> None:
         offset = await self._load_offset()
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             try:
                 updates = await self._get_updates(offset)
@@ -300,7 +301,7 @@ class TelegramChannel:
     async def _retrying(self, what: str, call: Any) -> Any:
         """Run ``call()`` until Telegram answers; network trouble backs off, a bad token or a
         rejected request raises PluginError (the supervisor logs it and restarts later)."""
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             try:
                 return await call()
@@ -458,22 +459,6 @@ def _plain(status: int, text: str) -> quart.Response:
 
 def _seconds(value: Any) -> float:
     return float(value.total_seconds()) if hasattr(value, "total_seconds") else float(value)
-
-
-class _Backoff:
-    """Exponential waits between retries: 0.25 s doubling to 30 s; ``reset`` after a success."""
-
-    def __init__(self, first: float = 0.25, limit: float = 30.0) -> None:
-        self.first = first
-        self.limit = limit
-        self.next = first
-
-    async def wait(self) -> None:
-        await trio.sleep(self.next)
-        self.next = min(self.next * 2, self.limit)
-
-    def reset(self) -> None:
-        self.next = self.first
 
 
 # Bot API URLs carry the token: /bot<TOKEN>/method, /file/bot<TOKEN>/path.
