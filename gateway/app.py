@@ -39,7 +39,11 @@ from gateway.scheduler import Scheduler
 from gateway.services import Services
 from gateway.store import Store, open_store
 from gateway.store.journal import get_state_txn, history_txn, set_state_txn
-from gateway.store.records import record_event_txn, update_delivery_txn
+from gateway.store.records import (
+    record_consent_signal_txn,
+    record_event_txn,
+    update_delivery_txn,
+)
 
 log = logging.getLogger("gateway")
 
@@ -133,6 +137,27 @@ class CoreChannelContext:
             "channel event", record_event_txn, self.name, agent, event, self._store.sealer
         )
         return event_id
+
+    async def record_consent(
+        self,
+        sender_id: str,
+        *,
+        purpose: str,
+        state: Literal["granted", "withdrawn"],
+        source: str,
+        detail: str | None = None,
+    ) -> bool:
+        known: bool = await self._store.write(
+            "consent signal",
+            record_consent_signal_txn,
+            self.name,
+            sender_id,
+            purpose,
+            state,
+            source,
+            detail,
+        )
+        return known
 
 
 def control_handlers(store: Store, pipeline: Pipeline) -> dict[str, Handler]:

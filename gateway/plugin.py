@@ -250,6 +250,22 @@ class ChannelContext(Protocol):
         acknowledging, as with ``accept``. Returns the event's id."""
         ...
 
+    async def record_consent(
+        self,
+        sender_id: str,
+        *,
+        purpose: str,
+        state: Literal["granted", "withdrawn"],
+        source: str,
+        detail: str | None = None,
+    ) -> bool:
+        """Record a consent signal that came outside a message (a browser's Global Privacy
+        Control: purpose "marketing", "withdrawn", source "gpc") in the consent ledger of the
+        identity ``sender_id`` on this channel. A repeat of the latest state for that purpose is
+        not stored again. Returns False when no such identity exists yet (nothing stored: no
+        contact is created for someone who never wrote); call again after ``accept``."""
+        ...
+
 
 @runtime_checkable
 class Channel(Protocol):

@@ -146,6 +146,31 @@ def record_consent_keyword(
     )
 
 
+def record_consent_signal_txn(
+    db: sqlite_utils.Database,
+    channel: str,
+    sender_id: str,
+    purpose: str,
+    state: str,
+    source: str,
+    detail: str | None = None,
+) -> bool:
+    """Record ``state`` for ``purpose`` of the identity ``(channel, sender_id)`` unless the
+    ledger's latest entry for that purpose already says it (a signal repeated on every request
+    is one ledger entry). Returns False when the store has no such identity: nothing is written,
+    and no contact is created for someone who never wrote."""
+    if state not in ("granted", "withdrawn"):
+        raise ValueError(f"consent state must be 'granted' or 'withdrawn', not {state!r}")
+    row = db.conn.execute(
+        "SELECT id FROM identities WHERE channel = ? AND external_id = ?", (channel, sender_id)
+    ).fetchone()
+    if row is None:
+        return False
+    if consent_state(db.conn, row[0], purpose) != state:
+        record_consent(db.conn, row[0], state, source, purpose=purpose, detail=detail)
+    return True
+
+
 def consent_changed_by_txn(db: sqlite_utils.Database, message_id: int) -> str | None:
     """The consent state a message recorded ('granted', 'withdrawn'), if it recorded one."""
     row = db.conn.execute(

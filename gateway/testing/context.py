@@ -41,6 +41,9 @@ class MemoryChannelContext:
         self.fail_accepts = 0
         self.statuses: list[tuple[str, str, str | None]] = []
         """``update_delivery`` calls: (external id, status, detail)."""
+        self.consents: list[tuple[str, str, str, str]] = []
+        """``record_consent`` entries as the ledger keeps them: (sender_id, purpose, state,
+        source); a sender is known once a message of theirs was accepted."""
         self.events: list[Event] = []
         """``record_event`` calls, repeats included (the daemon merges them by event_key)."""
         self._keys: dict[tuple[str, str], Accepted] = {}
@@ -136,6 +139,23 @@ class MemoryChannelContext:
         async with self._changed:
             self._changed.notify_all()
         return len(self.events)
+
+    async def record_consent(
+        self,
+        sender_id: str,
+        *,
+        purpose: str,
+        state: Literal["granted", "withdrawn"],
+        source: str,
+        detail: str | None = None,
+    ) -> bool:
+        await trio.lowlevel.checkpoint()
+        if not any(m.sender_id == sender_id for m in self.inbound):
+            return False
+        latest = [c for c in self.consents if c[0] == sender_id and c[1] == purpose]
+        if not latest or latest[-1][2] != state:
+            self.consents.append((sender_id, purpose, state, source))
+        return True
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         """Wait until ``predicate()`` holds after some accept, status or event."""

@@ -6,9 +6,12 @@ Protocol (JSON text frames over the websocket at ``/chat/NAME/ws``)
 -------------------------------------------------------------------
 Browser to server:
 
-- ``{"type": "hello", "visitor": ID}`` first, once. ID is the page's opaque visitor id: 32-128
-  lowercase hex digits (the page makes 128 random bits with ``crypto.getRandomValues``). It is the
-  visitor's only credential (whoever knows it reads the conversation), hence the length rule.
+- ``{"type": "hello", "visitor": ID, "gpc": true?}`` first, once. ID is the page's opaque visitor
+  id: 32-128 lowercase hex digits (the widget makes 128 random bits with
+  ``crypto.getRandomValues``). It is the visitor's only credential (whoever knows it reads the
+  conversation), hence the length rule, and it is never stored: the thread key is a keyed hash
+  of it (:func:`thread_key`), so neither the database nor a log line gives it away. ``gpc``
+  carries ``navigator.globalPrivacyControl``.
 - ``{"type": "message", "client_id": UUID, "text": TEXT}``; the page keeps resending an unacked
   message with the same UUID, which makes the resend a duplicate in the journal.
 - ``{"type": "ping"}``: answered with ``pong`` through the same ordered queue as replies, so the
@@ -25,11 +28,21 @@ Server to browser:
 - ``{"type": "error", "code", "reason", "retry", "client_id"?, "retry_after"?}``: ``retry`` says
   whether sending the same message again (same client_id) can succeed.
 - ``{"type": "pong"}``.
+
+The fallback when websockets are blocked (same frames, other carriers)
+-----------------------------------------------------------------------
+- ``POST /chat/NAME/events`` with ``{"visitor": ID, "gpc": true?}`` answers a
+  ``text/event-stream``: one ``data: FRAME`` event per frame above, the history first.
+- ``POST /chat/NAME/send`` with ``{"visitor": ID, "client_id": UUID, "text": TEXT, "gpc": ...}``
+  answers the ``ack`` frame (200) or the ``error`` frame with a 4xx/5xx status
+  (:func:`http_status`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import json
 import re
 import uuid
@@ -41,6 +54,7 @@ from gateway.plugin import HistoryItem
 
 VISITOR_RE = re.compile(r"[0-9a-f]{32,128}")
 VISITOR_RULE = "visitor id must be 32-128 lowercase hex digits"
+THREAD_RE = re.compile(r"v[0-9a-f]{32}")
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -63,6 +77,7 @@ class FrameError(Exception):
 @dataclasses.dataclass(frozen=True)
 class Hello:
     visitor: str
+    gpc: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +127,7 @@ def parse_frame(
         visitor = data.get("visitor")
         if not isinstance(visitor, str) or not valid_visitor(visitor):
             raise FrameError("bad_visitor", VISITOR_RULE)
-        return Hello(visitor)
+        return Hello(visitor, data.get("gpc") is True)
     if kind == "message":
         return _message(data, max_message_chars)
     if kind == "ping":
@@ -138,14 +153,73 @@ def _message(data: dict[str, Any], max_message_chars: int) -> Message:
     return Message(client_id, text)
 
 
+@dataclasses.dataclass(frozen=True)
+class Posted:
+    """A request body of the fallback: who asks (and their GPC signal), and for ``/send`` the
+    message."""
+
+    visitor: str
+    gpc: bool
+    message: Message | None = None
+
+
+def parse_posted(
+    data: dict[str, Any],
+    *,
+    max_message_chars: int,
+    with_message: bool,
+    valid_visitor: Callable[[str], bool] = valid_visitor,
+) -> Posted:
+    """Read the JSON object POSTed to ``/events`` (``with_message`` False) or ``/send``."""
+    visitor = data.get("visitor")
+    if not isinstance(visitor, str) or not valid_visitor(visitor):
+        raise FrameError("bad_visitor", VISITOR_RULE)
+    gpc = data.get("gpc") is True
+    if not with_message:
+        return Posted(visitor, gpc)
+    return Posted(visitor, gpc, _message(data, max_message_chars))
+
+
+_STATUS = {"too_long": 413, "too_large": 413, "rate_limited": 429, "store_failed": 503}
+_STATUS |= {"history_failed": 503, "too_many_connections": 429, "not_running": 503}
+
+
+def http_status(frame: dict[str, Any]) -> int:
+    """The status a fallback request answers with ``frame``: 200 for an ack, else the error's."""
+    if frame["type"] != "error":
+        return 200
+    return _STATUS.get(frame["code"], 400)
+
+
+def sse_event(frame: dict[str, Any]) -> str:
+    """One server-sent event carrying ``frame`` (JSON has no raw newline, so one data line)."""
+    return f"data: {json.dumps(frame, ensure_ascii=False)}\n\n"
+
+
+SSE_KEEPALIVE = ": keepalive\n\n"
+"""A comment line: keeps proxies from closing an idle stream; the browser ignores it."""
+
+
 def new_client_id() -> str:
     """A client_id as the page makes them (for tests and tools speaking the protocol)."""
     return str(uuid.uuid4())
 
 
-def external_id(visitor: str, client_id: str) -> str:
+def thread_key(secret: bytes, visitor: str) -> str:
+    """The thread (and sender) a visitor id maps to: ``v`` + 128 bits of HMAC-SHA256 under the
+    channel's secret. One way: the stored key cannot be turned back into the id that reads the
+    conversation, and ids cannot be enumerated from the database."""
+    return "v" + hmac.new(secret, visitor.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def valid_thread(thread: str) -> bool:
+    """Whether ``thread`` has the shape :func:`thread_key` gives."""
+    return THREAD_RE.fullmatch(thread) is not None
+
+
+def external_id(thread: str, client_id: str) -> str:
     """The journal key of a message: stable across resends of the same client_id."""
-    return f"{visitor}:{client_id}"
+    return f"{thread}:{client_id}"
 
 
 def reply_id(outbox_id: int) -> str:
@@ -153,11 +227,11 @@ def reply_id(outbox_id: int) -> str:
     return f"web:{outbox_id}"
 
 
-def history_frame(items: Sequence[HistoryItem], visitor: str) -> dict[str, Any]:
+def history_frame(items: Sequence[HistoryItem], thread: str) -> dict[str, Any]:
     messages = []
     for item in items:
         entry: dict[str, Any] = {"direction": item.direction, "text": item.text}
-        prefix = f"{visitor}:"
+        prefix = f"{thread}:"
         if item.direction == "in" and item.external_id and item.external_id.startswith(prefix):
             entry["client_id"] = item.external_id[len(prefix) :]
         entry["id"] = message_ref(item.message_id)
@@ -192,6 +266,16 @@ def error_frame(
     if retry_after is not None:
         frame["retry_after"] = round(retry_after, 3)
     return frame
+
+
+def rate_limited_frame(client_id: str, wait: float) -> dict[str, Any]:
+    return error_frame(
+        "rate_limited",
+        "too many messages at once; it will be sent in a moment",
+        client_id=client_id,
+        retry=True,
+        retry_after=wait,
+    )
 
 
 # -- origins ------------------------------------------------------------------------------------
@@ -232,6 +316,31 @@ def origin_allowed(
         except ValueError:
             pass
     return given in allowed
+
+
+def origin_refusal(
+    origin: str | None,
+    host: str | None,
+    allowed: Iterable[str],
+    public_url: str | None,
+    *,
+    channel: str,
+    required: bool = True,
+) -> str | None:
+    """None when a request with this ``Origin`` may proceed, else the reason to answer with a
+    403. ``required`` False lets a request without Origin through (a same-origin GET: browsers
+    send none; whoever can send one can also read the public widget.js)."""
+    if origin is None and not required:
+        return None
+    if origin_allowed(origin, host, allowed, public_url):
+        return None
+    if not origin or origin == "null":
+        return "a request from a browser page must carry its Origin; this one has none"
+    shown = origin[:100]
+    return (
+        f"this chat may not be used from {shown}: the operator must add it to "
+        f"allowed_origins of [channels.{channel}]"
+    )
 
 
 def _origin_of(url: str) -> str:

@@ -1,7 +1,10 @@
-"""A web chat client for tests: speaks the page's protocol over a real websocket, as a tab would.
+"""Web chat clients for tests: speak the widget's protocol as a browser tab would, over a real
+websocket (:func:`open_chat_client`) or over the fallback, a server-sent event stream plus POSTs
+(:func:`open_event_stream`).
 
 Usable against a channel served alone (``gateway.testing.conformance.serve_blueprint``) or against
-the whole daemon. Needs ``trio-websocket`` (a test dependency).
+the whole daemon. Needs ``trio-websocket`` (a test dependency). :class:`ConsentContext` is a
+MemoryChannelContext that also keeps the consent ledger (``record_consent``).
 """
 
 from __future__ import annotations
@@ -9,28 +12,53 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from gateway.plugin import ChannelContext
+from gateway.testing.context import MemoryChannelContext
 
 from . import convert
 from .channel import WebchatChannel
 
 
-class ChatClient:
-    """One browser tab. Frames not waited for are kept: ``replies`` collects every ``reply``
-    frame in arrival order, ``frames`` every frame."""
+class _FrameReader:
+    """Frames not waited for are kept: ``replies`` collects every ``reply`` frame in arrival
+    order, ``frames`` every frame."""
 
-    def __init__(self, ws: Any, visitor: str) -> None:
-        self.ws = ws
+    def __init__(self, visitor: str) -> None:
         self.visitor = visitor
         self.frames: list[dict[str, Any]] = []
         self.replies: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
-        """The messages of the history frame that answered hello."""
+        """The messages of the history frame that began the connection."""
         self._unread: list[dict[str, Any]] = []
+
+    async def _next_frame(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def wait_for(self, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first frame (unread or new) for which ``wanted(frame)`` is true."""
+        for i, kept in enumerate(self._unread):
+            if wanted(kept):
+                return self._unread.pop(i)
+        while True:
+            frame = await self._next_frame()
+            self.frames.append(frame)
+            if frame["type"] == "reply":
+                self.replies.append(frame)
+            if wanted(frame):
+                return frame
+            self._unread.append(frame)
+
+
+class ChatClient(_FrameReader):
+    """One browser tab on the websocket."""
+
+    def __init__(self, ws: Any, visitor: str) -> None:
+        super().__init__(visitor)
+        self.ws = ws
 
     async def hello(self) -> list[dict[str, Any]]:
         """Say hello; return the history's messages."""
@@ -56,19 +84,9 @@ class ChatClient:
         await self.send_frame({"type": "ping"})
         await self.wait_for(lambda f: f["type"] == "pong")
 
-    async def wait_for(self, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        """The first frame (unread or new) for which ``wanted(frame)`` is true."""
-        for i, kept in enumerate(self._unread):
-            if wanted(kept):
-                return self._unread.pop(i)
-        while True:
-            frame: dict[str, Any] = json.loads(await self.ws.get_message())
-            self.frames.append(frame)
-            if frame["type"] == "reply":
-                self.replies.append(frame)
-            if wanted(frame):
-                return frame
-            self._unread.append(frame)
+    async def _next_frame(self) -> dict[str, Any]:
+        frame: dict[str, Any] = json.loads(await self.ws.get_message())
+        return frame
 
 
 def new_visitor() -> str:
@@ -164,3 +182,142 @@ async def open_webchat(
             await nursery.start(channel.run)
             yield channel, url
             nursery.cancel_scope.cancel()
+
+
+class ConsentContext(MemoryChannelContext):
+    """A MemoryChannelContext with the consent ledger a ``record_consent`` keeps: ``consents``
+    lists (sender_id, purpose, state, source) as the real ledger would store them (an identity
+    exists once it has sent a message; a repeated state is not stored again)."""
+
+    def __init__(self, name: str = "test", **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.consents: list[tuple[str, str, str, str]] = []
+
+    async def record_consent(
+        self, sender_id: str, *, purpose: str, state: str, source: str, detail: str | None = None
+    ) -> bool:
+        import trio
+
+        await trio.lowlevel.checkpoint()
+        if not any(m.sender_id == sender_id for m in self.inbound):
+            return False
+        latest = [c for c in self.consents if c[0] == sender_id and c[1] == purpose]
+        if not latest or latest[-1][2] != state:
+            self.consents.append((sender_id, purpose, state, source))
+        return True
+
+
+class StreamClient(_FrameReader):
+    """One browser tab on the fallback: an event stream for frames (``wait_for`` raises
+    EOFError once it ends), a POST per message."""
+
+    def __init__(
+        self,
+        http: Any,
+        events: AsyncIterator[str],
+        base: str,
+        visitor: str,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(visitor)
+        self.http = http
+        self.base = base
+        self.headers = headers
+        self._events = events
+
+    async def post_message(
+        self, text: str, client_id: str | None = None, **extra: Any
+    ) -> tuple[int, dict[str, Any]]:
+        """POST a message; return the status and the frame that answered it."""
+        body = {"visitor": self.visitor, "client_id": client_id or convert.new_client_id()}
+        body |= {"text": text, **extra}
+        response = await self.http.post(f"{self.base}/send", json=body, headers=self.headers)
+        return response.status_code, response.json()
+
+    async def send_message(self, text: str, client_id: str | None = None) -> dict[str, Any]:
+        """POST a message; return the server's answer for it (an ``ack`` or an ``error``)."""
+        return (await self.post_message(text, client_id))[1]
+
+    async def _next_frame(self) -> dict[str, Any]:
+        async for event in self._events:
+            data = [line[5:].strip() for line in event.split("\n") if line.startswith("data:")]
+            if data:  # else a keep-alive comment
+                frame: dict[str, Any] = json.loads("\n".join(data))
+                return frame
+        raise EOFError("the event stream ended")
+
+
+async def _read_events(stream: Any, connection: Any) -> AsyncGenerator[str, None]:
+    """The events (text between blank lines) of an HTTP response body read with h11."""
+    import h11
+
+    buffer = ""
+    while True:
+        event = connection.next_event()
+        if event is h11.NEED_DATA:
+            connection.receive_data(await stream.receive_some(65536))
+            continue
+        if isinstance(event, h11.Data):
+            buffer += bytes(event.data).decode()
+            *events, buffer = buffer.split("\n\n")
+            for text in events:
+                yield text
+        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            return
+
+
+@contextlib.asynccontextmanager
+async def open_event_stream(
+    base_url: str,
+    channel: str,
+    *,
+    visitor: str | None = None,
+    origin: str | None = "",
+    gpc: bool = False,
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[StreamClient]:
+    """Open ``POST /chat/CHANNEL/events`` of ``base_url`` and read the history (in
+    ``client.history``). ``origin`` as for :func:`open_chat_client`; ``gpc`` sets the body's
+    flag, ``headers`` adds request headers (``{"Sec-GPC": "1"}``). A refused stream raises
+    AssertionError with the status. The stream is read with h11 on our own TCP stream (closed
+    here whatever happens): httpx leaves inner generators of a half-read stream unclosed."""
+    import h11
+    import httpx
+    import trio
+
+    parts = urlsplit(base_url)
+    assert parts.hostname and parts.port, base_url
+    if origin == "":
+        origin = f"{parts.scheme}://{parts.netloc}"
+    sent = dict(headers or {})
+    if origin is not None:
+        sent["Origin"] = origin
+    path = f"/chat/{quote(channel, safe='')}"
+    visitor = visitor or new_visitor()
+    body = json.dumps({"visitor": visitor, "gpc": gpc}).encode()
+    request_headers = [
+        ("Host", parts.netloc),
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        *sent.items(),
+    ]
+    connection = h11.Connection(h11.CLIENT)
+    stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    async with stream, httpx.AsyncClient(timeout=None) as http:
+        request = h11.Request(method="POST", target=f"{path}/events", headers=request_headers)
+        await stream.send_all(connection.send(request) + connection.send(h11.Data(data=body)))
+        await stream.send_all(connection.send(h11.EndOfMessage()))
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                connection.receive_data(await stream.receive_some(65536))
+                continue
+            assert isinstance(event, h11.Response), event
+            break
+        assert event.status_code == 200, f"event stream refused: {event.status_code}"
+        async with contextlib.aclosing(_read_events(stream, connection)) as events:
+            client = StreamClient(http, events, f"{base_url}{path}", visitor, sent)
+            first = await client.wait_for(lambda f: f["type"] in ("history", "error"))
+            assert first["type"] == "history", f"the stream began with {first}"
+            client.history = first["messages"]
+            yield client

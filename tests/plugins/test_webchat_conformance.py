@@ -17,12 +17,19 @@ from plugins.webchat.testing import ChatClient, open_chat_client
 
 
 class _ConformanceWebchat(WebchatChannel):
-    """The suite uses decimal thread keys ("710001") as visitor ids. The real channel insists on
-    32+ hex digits, because a visitor id is the only key to a conversation's history; only that
-    shape rule is relaxed here (its own tests are in test_webchat.py)."""
+    """The suite uses decimal thread keys ("710001") as visitor ids and expects them as the
+    thread. The real channel insists on 32+ hex digits, because a visitor id is the only key to
+    a conversation's history, and stores a keyed hash of it as the thread; only for decimal ids
+    are both rules relaxed here (their own tests are in test_webchat.py)."""
 
     def valid_visitor(self, visitor: str) -> bool:
         return visitor.isdigit() or super().valid_visitor(visitor)
+
+    def thread_key(self, visitor: str) -> str:
+        return visitor if visitor.isdigit() else super().thread_key(visitor)
+
+    def valid_thread(self, thread: str) -> bool:
+        return thread.isdigit() or super().valid_thread(thread)
 
 
 class WebchatHarness:
