@@ -225,6 +225,13 @@ class Pipeline:
                 return True
             if slot is not None and await self._consent_keyword(slot, work, last):
                 return True
+            if work.restricted:
+                # Restricted processing (GDPR Art. 18): kept for people to read, no analysis,
+                # no suggestions, no model.
+                await self.store.write("close without reply", close_without_reply_txn, work)
+                self.counters["silent"] += 1
+                self.metrics.left_to_people(work.channel)
+                return True
             analysis = agent.analyze(work)
             labels = analysis.to_json()
             if work.status != "open" or not work.ai_allowed:
@@ -421,7 +428,8 @@ class Pipeline:
                 item.id,
                 item.attempts + 1,
                 "failed",
-                detail="not sent: the contact unsubscribed after it was queued",
+                detail=f"not sent: {item.refusal or 'the contact unsubscribed'} (after it was "
+                "queued)",
             )
             self.metrics.send(item.channel, "failed")
             return True

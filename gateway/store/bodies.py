@@ -132,15 +132,31 @@ def conversation_messages(
 
 
 def contact_messages(
-    sealer: Sealer, conn: sqlite3.Connection, contact_id: int, *, after_id: int = 0
+    sealer: Sealer, conn: sqlite3.Connection, contact_id: int, *, page: int = 1000
 ) -> Iterator[StoredMessage]:
-    """Every message of a contact's conversations, in id order (export: stream it)."""
-    cursor = conn.execute(
-        f"SELECT {_COLUMNS} FROM messages m JOIN conversations c ON c.id = m.conversation_id "
-        "WHERE c.contact_id = ? AND m.id > ? ORDER BY m.id",
-        (contact_id, after_id),
-    )
-    return _rows(sealer, conn, cursor)
+    """Every message of a contact, conversation by conversation, each in id order (export:
+    stream it). Pages along the (conversation_id, id) index, so memory stays flat however many
+    messages there are (one ORDER BY across conversations would sort them all in memory)."""
+    conversations = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM conversations WHERE contact_id = ? ORDER BY id", (contact_id,)
+        )
+    ]
+    for conversation_id in conversations:
+        after = 0
+        while True:
+            cursor = conn.execute(
+                f"SELECT {_COLUMNS} FROM messages m "
+                "JOIN conversations c ON c.id = m.conversation_id "
+                "WHERE m.conversation_id = ? AND m.id > ? ORDER BY m.id LIMIT ?",
+                (conversation_id, after, page),
+            )
+            rows = list(_rows(sealer, conn, cursor))
+            yield from rows
+            if len(rows) < page:
+                break
+            after = rows[-1].id
 
 
 def message_text(sealer: Sealer, conn: sqlite3.Connection, message_id: int) -> str | None:

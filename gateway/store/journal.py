@@ -171,6 +171,9 @@ class PendingWork:
     """False when AI is off for the conversation or the contact, or the contact is restricted."""
     contact_id: int = 0
     """The conversation's contact (whose key seals the reply)."""
+    restricted: bool = False
+    """The contact's processing is restricted (GDPR Art. 18): stored, never analysed or sent
+    to a model."""
 
 
 def pending_conversations_txn(db: sqlite_utils.Database) -> list[int]:
@@ -188,7 +191,7 @@ def next_pending_txn(
     conn = db.conn
     row = conn.execute(
         "SELECT j.id, j.message_id, c.channel, c.account, c.thread_key, c.agent, m.external_id, "
-        "c.status, c.ai_enabled AND k.ai_enabled AND NOT k.restricted, c.contact_id "
+        "c.status, c.ai_enabled AND k.ai_enabled AND NOT k.restricted, c.contact_id, k.restricted "
         "FROM journal j JOIN conversations c ON c.id = j.conversation_id "
         "JOIN contacts k ON k.id = c.contact_id "
         "LEFT JOIN messages m ON m.id = j.message_id "
@@ -208,6 +211,7 @@ def next_pending_txn(
         status,
         ai,
         contact_id,
+        restricted,
     ) = row
     # Earlier messages, and every reply so far: a reply committed after this message arrived
     # answers an earlier one (one conversation is answered in order), so it belongs before it.
@@ -236,6 +240,7 @@ def next_pending_txn(
         status=status,
         ai_allowed=bool(ai),
         contact_id=contact_id,
+        restricted=bool(restricted),
     )
 
 

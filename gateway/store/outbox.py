@@ -35,7 +35,10 @@ class OutboxItem:
     purpose: str = "reply"
     last_inbound_at: str | None = None
     opted_out: bool = False
-    """A notification whose contact withdrew consent since it was queued: not to be sent."""
+    """A notification whose contact withdrew consent (or was restricted) since it was queued:
+    not to be sent."""
+    refusal: str = ""
+    """Why, when ``opted_out``."""
 
 
 def recover_outbox_txn(db: sqlite_utils.Database) -> list[int]:
@@ -74,7 +77,7 @@ def open_conversations_txn(db: sqlite_utils.Database) -> list[int]:
 def next_outbox_txn(
     db: sqlite_utils.Database, conversation_id: int, sealer: Sealer
 ) -> OutboxItem | None:
-    from gateway.store.records import consent_state, thread_identity
+    from gateway.store.records import notification_refusal
 
     conn = db.conn
     row = conn.execute(
@@ -96,9 +99,9 @@ def next_outbox_txn(
     if body is not None:
         item = dataclasses.replace(item, text=open_text(sealer, conn, contact_id, item.text, body))
     if item.purpose == "notification":
-        identity = thread_identity(conn, conversation_id)
-        if identity is not None and consent_state(conn, identity) == "withdrawn":
-            item = dataclasses.replace(item, opted_out=True)
+        refusal = notification_refusal(conn, conversation_id)
+        if refusal is not None:
+            item = dataclasses.replace(item, opted_out=True, refusal=refusal)
     return item
 
 
@@ -176,7 +179,8 @@ def journal_counts_txn(db: sqlite_utils.Database) -> dict[str, int]:
 
 
 class OptedOut(Exception):
-    """The contact withdrew consent to messages we initiate (STOP, /unsubscribe)."""
+    """The contact withdrew consent to messages we initiate (STOP, /unsubscribe) on any of
+    their channels, or their processing is restricted."""
 
 
 def queue_notification_txn(
@@ -194,7 +198,7 @@ def queue_notification_txn(
     Returns (outbox id, conversation id, already queued). Raises LookupError for an unknown
     thread, OptedOut for a contact who withdrew consent.
     """
-    from gateway.store.records import consent_state, thread_identity
+    from gateway.store.records import notification_refusal
 
     conn = db.conn
     idem = f"notify:{key}"
@@ -211,11 +215,11 @@ def queue_notification_txn(
     if conversation is None:
         raise LookupError(f"no conversation on channel {channel!r} with thread {thread_key!r}")
     conversation_id, contact_id = conversation
-    identity = thread_identity(conn, conversation_id)
-    if identity is not None and consent_state(conn, identity) == "withdrawn":
+    refusal = notification_refusal(conn, conversation_id)
+    if refusal is not None:
         raise OptedOut(
-            f"the contact of conversation {conversation_id} unsubscribed; notifications to "
-            "them are refused until they subscribe again"
+            f"notifications to the contact of conversation {conversation_id} are refused: "
+            f"{refusal}" + (" (until they subscribe again)" if "unsubscribed" in refusal else "")
         )
     ts = now()
     body = seal_text(sealer, conn, contact_id, text)

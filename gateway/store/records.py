@@ -134,8 +134,9 @@ def record_consent_keyword(
     conn: sqlite3.Connection, identity_id: int, state: str, text: str, message_id: int | None
 ) -> None:
     """A keyword message: a withdrawal is always recorded (the contact said it, again or not);
-    an opt-in word only counts after a withdrawal (a first "/start" is no consent event)."""
-    if state == "granted" and consent_state(conn, identity_id) != "withdrawn":
+    an opt-in word only counts after a withdrawal by the same contact on any of their channels
+    (a first "/start" is no consent event)."""
+    if state == "granted" and contact_consent_state(conn, identity_id) != "withdrawn":
         return
     record_consent(
         conn,
@@ -188,6 +189,44 @@ def consent_state(
         (identity_id, purpose),
     ).fetchone()
     return row[0] if row else None
+
+
+def contact_consent_state(
+    conn: sqlite3.Connection, identity_id: int, purpose: str = CONSENT_PURPOSE
+) -> str | None:
+    """The latest word on ``purpose`` from any identity of ``identity_id``'s contact."""
+    row = conn.execute(
+        "SELECT s.state FROM consents s JOIN identities i ON i.id = s.identity_id "
+        "WHERE i.contact_id = (SELECT contact_id FROM identities WHERE id = ?) "
+        "AND s.purpose = ? ORDER BY s.id DESC LIMIT 1",
+        (identity_id, purpose),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def notification_refusal(conn: sqlite3.Connection, conversation_id: int) -> str | None:
+    """Why a notification (a message we initiate) may not go to a conversation's contact, or
+    None. Contact-wide, across channels: the contact's processing is restricted (GDPR Art. 18),
+    or the latest word on messages from any of the contact's identities is a withdrawal (STOP
+    on SMS also stops notifications on Telegram; START anywhere re-subscribes)."""
+    row = conn.execute(
+        "SELECT k.id, k.restricted FROM conversations c JOIN contacts k ON k.id = c.contact_id "
+        "WHERE c.id = ?",
+        (conversation_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    contact_id, restricted = row
+    if restricted:
+        return "the contact's processing is restricted (GDPR Art. 18): only replies go to them"
+    latest = conn.execute(
+        "SELECT s.state FROM consents s JOIN identities i ON i.id = s.identity_id "
+        "WHERE i.contact_id = ? AND s.purpose = ? ORDER BY s.id DESC LIMIT 1",
+        (contact_id, CONSENT_PURPOSE),
+    ).fetchone()
+    if latest is not None and latest[0] == "withdrawn":
+        return "the contact unsubscribed"
+    return None
 
 
 def thread_identity(conn: sqlite3.Connection, conversation_id: int) -> int | None:

@@ -12,6 +12,7 @@ from gateway import conversations_cli
 from gateway.config import AgentConfig, BusinessHours
 from gateway.store.bodies import conversation_messages
 from gateway.store.journal import set_contact_ai_txn, set_conversation_txn
+from gateway.store.outbox import OptedOut
 from gateway.testing.daemon import http_config, open_gateway
 from gateway.testing.fake_channel import FakeChannel
 from gateway.testing.fake_llm import FakeProvider
@@ -242,3 +243,21 @@ async def test_restricted_contact_is_never_sent_to_a_model(tmp_path, fake_regist
         await channel.deliver("c1", "u1", "my private question")
         await gw.wait_idle()
         assert len(gw.provider().requests) == 1 and len(channel.sent) == 1
+        # Stored for people, but not analysed either (restriction covers analytics), and no
+        # notification may go to them; a person's reply still may.
+        page = await gw.running.store.read(
+            "m",
+            lambda db: conversation_messages(
+                gw.running.store.sealer, db.conn, first.conversation_id
+            ),
+        )
+        assert page[-1].text == "my private question" and page[-1].analysis is None
+        with pytest.raises(OptedOut, match=r"restricted \(GDPR Art. 18\)"):
+            await gw.running.pipeline.send_notification(
+                "support", "fake-bot", "c1", "sale!", key="n1"
+            )
+        await gw.running.pipeline.reply_as_human(
+            first.conversation_id, "a person answers", actor="admin:a@example.com", key="h1"
+        )
+        (human,) = (await channel.wait_sent(2))[1:]
+        assert human.text == "a person answers" and human.author == "human"
