@@ -7,6 +7,8 @@
 #                              virtualenv with the interpreter the target runs (tests/packaging)
 #   systemd                    systemd-analyze verify/security on the packaged unit (no init
 #                              change: installing the package does not make it PID 1)
+#   dovecot-imapd              the real IMAP server of gateway.testing.mailserver (email channel
+#                              tests); run unprivileged from a generated config, never as a service
 # Idempotent and quiet: installs only what is missing. Needs root (or sudo) when something is.
 set -euo pipefail
 browser=() tools=()
@@ -14,6 +16,7 @@ browser=() tools=()
 [ -x /usr/bin/chromedriver ] || browser+=(chromium-driver)
 /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || tools+=(python3-venv)
 [ -x /usr/bin/systemd-analyze ] || tools+=(systemd)
+[ -x /usr/sbin/dovecot ] && [ -e /usr/lib/dovecot/imap ] || tools+=(dovecot-imapd)
 missing=("${browser[@]}" "${tools[@]}")
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
@@ -34,6 +37,17 @@ if [ ${#browser[@]} -gt 0 ]; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${browser[@]}" >/dev/null
 fi
 if [ ${#tools[@]} -gt 0 ]; then
+    # Packages with a service (dovecot) must not start it: the tests run their own copy. A
+    # policy-rc.d that says no (Debian's mechanism for this), only while we install.
+    own_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+        $SUDO chmod +x /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${tools[@]}" >/dev/null
+    if [ -n "$own_policy" ]; then
+        $SUDO rm -f /usr/sbin/policy-rc.d
+    fi
 fi
