@@ -26,6 +26,7 @@ import trio
 from gateway import control
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, MasterKeyError
+from gateway.files import fsync_dir
 from gateway.keys import CREDENTIAL_NAME, DATABASE_FILE, KEY_FILE, MasterKey, parse_key
 from gateway.store.db import connect
 
@@ -96,19 +97,11 @@ class KeyPlace:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(self.next, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def drop_next(self) -> None:
         self.next.unlink()
-        _fsync_dir(self.path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(self.path.parent)
 
 
 def find_place(config: GatewayConfig, credstore: Path) -> KeyPlace:

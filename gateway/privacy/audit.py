@@ -210,6 +210,8 @@ class Verification:
                 f"audit log intact: {self.checked} entries checked; head id {self.head_id} "
                 f"hash {self.head_hash}"
             )
+        if self.first_bad_id is None:  # the chain holds, but the expected head is gone
+            return f"audit log BROKEN: {self.problem}"
         return f"audit log BROKEN at entry {self.first_bad_id}: {self.problem}"
 
 
@@ -219,7 +221,8 @@ def verify(conn: sqlite3.Connection, *, expect_head: str | None = None) -> Verif
     anchor = conn.execute("SELECT last_removed_id, hash FROM audit_anchor").fetchone()
     expected_id, prev = (int(anchor[0]), str(anchor[1])) if anchor else (0, GENESIS)
     checked = 0
-    seen_expected = expect_head is None
+    # A head noted before retention truncated up to it survives as the anchor.
+    seen_expected = expect_head is None or (anchor is not None and expect_head == prev)
     for row in conn.execute(
         "SELECT id, at, actor, action, target, outcome, detail, prev_hash, hash "
         "FROM audit_log ORDER BY id"
