@@ -61,7 +61,7 @@ from gateway.messages import (
     Outbound,
     SendResult,
 )
-from gateway.pipeline.consent import Keywords
+from gateway.pipeline.consent import SUBSCRIPTION_MENU, Keywords
 from gateway.privacy.residency import ResidencyPolicy
 
 if TYPE_CHECKING:
@@ -124,7 +124,17 @@ class ChannelConfig(PluginConfig):
     def consent_keywords(self) -> Keywords:
         """This channel's opt-out/opt-in words as the core matches them (``.match(text)`` gives
         'withdrawn', 'granted' or None), for a plugin that maps buttons or payloads to them."""
-        return Keywords(self.opt_out_keywords, self.opt_in_keywords)
+        return Keywords(
+            self.opt_out_keywords,
+            self.opt_in_keywords,
+            except_words=SUBSCRIPTION_MENU if self.subscription_menu else (),
+        )
+
+    subscription_menu: bool = Field(
+        False,
+        description="true: /unsubscribe opens the developer API's menu (pick which project to "
+        "leave, confirm) instead of opting out of everything; STOP and /stop still do that.",
+    )
 
     residency: ResidencyPolicy | None = Field(
         None,

@@ -28,6 +28,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import quart
+import trio
+from werkzeug.exceptions import HTTPException
 
 from gateway.secretref import Secret
 
@@ -240,3 +242,27 @@ def verify_twilio_signature(
         for candidate in _port_variants(url)
     ):
         raise WebhookRefused(403, "signature does not match")
+
+
+LEFTOVER_LIMIT = 1 << 20
+"""Most bytes of an unread request body read after the response was decided (else: close)."""
+LEFTOVER_SECONDS = 5.0
+
+
+async def drain_body(request: quart.Request) -> bool:
+    """Read what is left of a request body after the response was decided. A refusal sent
+    before the body arrived (a 401, Quart's own 404/405) leaves it unread, and hypercorn (0.18,
+    h11) then neither reuses nor closes the connection: the client's next request on it hangs
+    (schemathesis found it on /api/v1). Returns False when the rest is too large or too slow:
+    answer with ``Connection: close`` instead."""
+    size = 0
+    with trio.move_on_after(LEFTOVER_SECONDS):
+        try:
+            async for chunk in request.body:
+                size += len(chunk)
+                if size > LEFTOVER_LIMIT:
+                    return False
+        except HTTPException:  # over MAX_CONTENT_LENGTH
+            return False
+        return True
+    return False

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from quart import Blueprint, Response, redirect
+from quart import Blueprint, Response, redirect, request
 from quart_trio import QuartTrio
 
 from gateway.plugin import Channel
+from gateway.webhooks import drain_body
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -48,6 +49,9 @@ def make_public_app(
     async def headers(response: Response) -> Response:
         for key, value in SECURITY_HEADERS.items():
             response.headers.setdefault(key, value)
+        # A 413 came from read_body, which drained what it could and decided about closing.
+        if response.status_code != 413 and not await drain_body(request):
+            response.headers["Connection"] = "close"
         return response
 
     return app

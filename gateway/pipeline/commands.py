@@ -15,6 +15,13 @@ same ``call.journal_id`` (a crash before the reply commits runs it again).
 
 Names are matched case-insensitively on the first word, with a Telegram-style ``@botname``
 suffix removed: ``/MyData@acme_bot please`` is ``/mydata`` with args ``please``.
+
+A command that starts a short dialogue (``/unsubscribe`` -> "reply with a number" -> "YES to
+confirm") also needs the plain replies: ``commands.expect_replies("/unsubscribe", waiting,
+on_reply)``. While ``waiting()`` is true, a message that is no registered command goes to
+``on_reply`` with the whole message as ``args``; it answers None for conversations it is not
+waiting on, and the message goes on as usual (each waiting feature is asked in turn).
+``waiting`` runs for every message: keep it an in-memory check.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ def parse(text: str) -> tuple[str, str] | None:
 class Commands:
     def __init__(self) -> None:
         self.handlers: dict[str, Handler] = {}
+        self.replies: list[tuple[str, Callable[[], bool], Handler]] = []
 
     def add(self, name: str, handler: Handler) -> None:
         key = name.strip().lower()
@@ -68,10 +76,29 @@ class Commands:
             raise ValueError(f"chat command {key} is registered twice")
         self.handlers[key] = handler
 
+    def expect_replies(self, name: str, waiting: Callable[[], bool], on_reply: Handler) -> None:
+        """Plain messages go to ``on_reply`` while ``waiting()`` (see the module doc); ``name``
+        is the dialogue's command, given as ``call.command``."""
+        key = name.strip().lower()
+        if key not in self.handlers:
+            raise ValueError(f"register chat command {key} before expecting replies to it")
+        self.replies.append((key, waiting, on_reply))
+
     def match(self, text: str) -> tuple[Handler, str, str] | None:
         if not self.handlers:
             return None
         parsed = parse(text)
-        if parsed is None or parsed[0] not in self.handlers:
+        if parsed is not None and parsed[0] in self.handlers:
+            return self.handlers[parsed[0]], parsed[0], parsed[1]
+        waiting = [(name, on_reply) for name, wait, on_reply in self.replies if wait()]
+        if not waiting:
             return None
-        return self.handlers[parsed[0]], parsed[0], parsed[1]
+
+        async def ask_each(call: CommandCall) -> str | None:
+            for name, handler in waiting:
+                reply = await handler(dataclasses.replace(call, command=name))
+                if reply is not None:
+                    return reply
+            return None
+
+        return ask_each, waiting[0][0], text.strip()

@@ -24,6 +24,11 @@ DEFAULT_OPT_IN: dict[str, list[str]] = {
     "pt": ["voltar"],
 }
 
+SUBSCRIPTION_MENU = ("/unsubscribe", "/отписаться")
+"""Opt-out commands that a channel with ``subscription_menu = true`` leaves to the developer
+API's subscription menu (gateway.devapi.chat: which project to leave, then confirm): there they
+are no global opt-out, while STOP, /stop and every other word still are."""
+
 _COMMAND_BOT = re.compile(r"^(/\w+)@\w+$")
 
 
@@ -53,11 +58,15 @@ class Keywords:
         opt_in: list[str] | Mapping[str, list[str]] | None = None,
         *,
         defaults: bool = True,
+        except_words: Iterable[str] = (),
     ) -> None:
         out = set(_words(DEFAULT_OPT_OUT)) if defaults else set()
         into = set(_words(DEFAULT_OPT_IN)) if defaults else set()
-        self.opt_out = frozenset(normalise(w) for w in (*out, *_words(opt_out)))
-        self.opt_in = frozenset(normalise(w) for w in (*into, *_words(opt_in))) - self.opt_out
+        skip = {normalise(w) for w in except_words}
+        self.opt_out = frozenset(normalise(w) for w in (*out, *_words(opt_out))) - skip
+        self.opt_in = (
+            frozenset(normalise(w) for w in (*into, *_words(opt_in))) - self.opt_out - skip
+        )
 
     def match(self, text: str) -> Literal["withdrawn", "granted"] | None:
         if len(text) > 64:  # a keyword is a whole short message, never a sentence
