@@ -275,7 +275,7 @@ async def _run(
     restarts: dict[str, int] = {}
     stop_http = trio.Event()
     scheduler = Scheduler()
-    services = Services(config, store, pipeline, http, scheduler, master)
+    services = Services(config, store, pipeline, http, scheduler, master, restarts)
     features.install(services)  # chat commands and jobs, before anything runs
     async with trio.open_nursery() as root:
 

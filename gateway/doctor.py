@@ -128,7 +128,7 @@ async def diagnose(
         )
     async with httpx.AsyncClient(timeout=15.0, follow_redirects=False) as http:
         for name in channels:
-            results.append(await _check_channel(config, name, http))
+            results.append(await check_channel(config, name, http))
         for name in config.providers:
             results.append(await _check_provider(config, name, http))
     return results
@@ -443,7 +443,7 @@ class DoctorChannelContext:
         raise PluginError("gateway doctor does not record events")
 
 
-async def _check_channel(config: GatewayConfig, name: str, http: httpx.AsyncClient) -> Result:
+async def check_channel(config: GatewayConfig, name: str, http: httpx.AsyncClient) -> Result:
     entry = config.channels[name]
     label = f"channel {name}"
     fix = (

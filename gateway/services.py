@@ -31,3 +31,5 @@ class Services:
     """The daemon's shared client; the outbound-host allowlist applies to it."""
     scheduler: Scheduler
     master: MasterKey
+    restarts: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Plugin restarts by supervisor label ("channel NAME"), as /status shows them."""

@@ -384,10 +384,20 @@ class Pipeline:
         self.deliveries.notify(conversation_id)
         return outbox_id
 
-    async def reply_as_human(self, conversation_id: int, text: str, *, actor: str, key: str) -> int:
+    async def reply_as_human(
+        self,
+        conversation_id: int,
+        text: str,
+        *,
+        actor: str,
+        key: str,
+        audit_detail: dict[str, object] | None = None,
+    ) -> int:
         """Queue a person's reply to a conversation (the admin UI's "reply", the CLI). ``actor``
         says who (``admin:<email>``); ``key`` makes a double submit one reply. Returns the
-        outbox id; LookupError for an unknown conversation, ValueError for an empty text."""
+        outbox id; LookupError for an unknown conversation, ValueError for an empty text.
+        ``audit_detail`` (e.g. ``{"chars": 12}``): audit it as ``conversation.reply`` in the
+        reply's own transaction."""
         if not text.strip():
             raise ValueError("a reply needs some text")
         outbox_id, _again = await self.store.write(
@@ -398,6 +408,7 @@ class Pipeline:
             actor,
             key,
             self.store.sealer,
+            audit_detail,
         )
         self.deliveries.notify(conversation_id)
         return outbox_id

@@ -180,7 +180,8 @@ def pending_conversations_txn(db: sqlite_utils.Database) -> list[int]:
     return [
         r[0]
         for r in db.conn.execute(
-            "SELECT DISTINCT conversation_id FROM journal WHERE state = 'pending' ORDER BY conversation_id"
+            "SELECT DISTINCT conversation_id FROM journal INDEXED BY journal_pending "
+            "WHERE state = 'pending' ORDER BY conversation_id"
         )
     ]
 
@@ -192,7 +193,8 @@ def next_pending_txn(
     row = conn.execute(
         "SELECT j.id, j.message_id, c.channel, c.account, c.thread_key, c.agent, m.external_id, "
         "c.status, c.ai_enabled AND k.ai_enabled AND NOT k.restricted, c.contact_id, k.restricted "
-        "FROM journal j JOIN conversations c ON c.id = j.conversation_id "
+        "FROM journal j INDEXED BY journal_pending "
+        "JOIN conversations c ON c.id = j.conversation_id "
         "JOIN contacts k ON k.id = c.contact_id "
         "LEFT JOIN messages m ON m.id = j.message_id "
         "WHERE j.conversation_id = ? AND j.state = 'pending' ORDER BY j.id LIMIT 1",

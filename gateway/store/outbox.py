@@ -48,7 +48,12 @@ def recover_outbox_txn(db: sqlite_utils.Database) -> list[int]:
     being sent again. Returns their ids.
     """
     conn = db.conn
-    ids = [r[0] for r in conn.execute(f"SELECT id FROM outbox WHERE {_OPEN} AND state = 'sending'")]
+    ids = [
+        r[0]
+        for r in conn.execute(
+            f"SELECT id FROM outbox INDEXED BY outbox_open WHERE {_OPEN} AND state = 'sending'"
+        )
+    ]
     ts = now()
     for outbox_id in ids:
         conn.execute(
@@ -68,7 +73,7 @@ def open_conversations_txn(db: sqlite_utils.Database) -> list[int]:
     return [
         r[0]
         for r in db.conn.execute(
-            "SELECT DISTINCT conversation_id FROM outbox "
+            "SELECT DISTINCT conversation_id FROM outbox INDEXED BY outbox_open "
             f"WHERE {_OPEN} AND state = 'pending' ORDER BY conversation_id"
         )
     ]
@@ -87,7 +92,9 @@ def next_outbox_txn(
         "(SELECT max(coalesce(i.platform_sent_at, i.created_at)) FROM messages i "
         " WHERE i.conversation_id = o.conversation_id AND i.direction = 'in'), "
         "o.body, c.contact_id "
-        "FROM outbox o LEFT JOIN messages m ON m.id = o.message_id "
+        # INDEXED BY: with outbox(conversation_id) also there (retention's), SQLite would walk
+        # every reply the conversation ever had; the partial index holds only open ones.
+        "FROM outbox o INDEXED BY outbox_open LEFT JOIN messages m ON m.id = o.message_id "
         "JOIN conversations c ON c.id = o.conversation_id "
         f"WHERE o.conversation_id = ? AND o.{_OPEN} AND o.state = 'pending' ORDER BY o.id LIMIT 1",
         (conversation_id,),
@@ -245,11 +252,13 @@ def queue_human_reply_txn(
     actor: str,
     key: str,
     sealer: Sealer,
+    audit_detail: dict[str, object] | None = None,
 ) -> tuple[int, bool]:
     """Queue a person's reply (admin UI, CLI) to a conversation: author 'human', purpose
     'reply' (a channel applies its reply rules, e.g. Messenger's HUMAN_AGENT tag after 24 h).
     A conversation event records who wrote it. ``key`` makes a double submit one reply.
-    Returns (outbox id, already queued); LookupError for an unknown conversation."""
+    Returns (outbox id, already queued); LookupError for an unknown conversation. With
+    ``audit_detail``, a ``conversation.reply`` audit entry is written in the same transaction."""
     conn = db.conn
     idem = f"human:{key}"
     row = conn.execute("SELECT id FROM outbox WHERE idempotency_key = ?", (idem,)).fetchone()
@@ -287,4 +296,14 @@ def queue_human_reply_txn(
     )
     conn.execute("UPDATE conversations SET last_message_at = ? WHERE id = ?", (ts, conversation_id))
     assert outbox_id is not None
+    if audit_detail is not None:  # audited in the same transaction as the reply it records
+        from gateway.privacy import audit
+
+        audit.append_txn(
+            db,
+            actor=actor,
+            action="conversation.reply",
+            target=f"conversation:{conversation_id}",
+            detail={"outbox_id": outbox_id, **audit_detail},
+        )
     return outbox_id, False

@@ -166,3 +166,16 @@ def test_relative_data_dir_is_relative_to_config_file(tmp_path, registry):
     text = ISSUE_EXAMPLE.replace('"/var/lib/gateway"', '"data"')
     config = load_config(write(tmp_path, text), registry, environ=ENV)
     assert config.data_dir == tmp_path / "data"
+
+
+def test_a_section_naming_an_unknown_channel_fails_at_load(tmp_path, registry):
+    # [retention.channels.NAME] is checked against the config's channels by the loader itself,
+    # so `gateway check-config` catches it, with the table and a list of the real channels.
+    path = tmp_path / "g.toml"
+    path.write_text(
+        ISSUE_EXAMPLE + "\n[retention.channels.suport_bot]\nmessage_content_days = 30\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, registry, environ={"TELEGRAM_TOKEN": "1:x", "OPENAI_API_KEY": "sk"})
+    message = str(info.value)
+    assert "suport_bot" in message and "support_bot" in message and "[retention" in message
