@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.plugin import ChannelConfig
 from gateway.secretref import Secret
+from gateway.tls import check_ca_file
 
 Tls = Literal["implicit", "starttls", "none"]
 
@@ -129,19 +130,7 @@ class EmailConfig(ChannelConfig):
     @field_validator("ca_file")
     @classmethod
     def _ca_loadable(cls, path: Path | None) -> Path | None:
-        if path is None:
-            return None
-        if not path.is_absolute():
-            raise ValueError(f"ca_file {str(path)!r} must be an absolute path")
-        try:
-            ssl.create_default_context().load_verify_locations(cafile=str(path))
-        except FileNotFoundError:
-            raise ValueError(f"ca_file {str(path)!r} does not exist") from None
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(
-                f"ca_file {str(path)!r} is not a readable PEM file of CA certificates ({exc})"
-            ) from None
-        return path
+        return check_ca_file(path)
 
     @model_validator(mode="after")
     def _consistent(self) -> EmailConfig:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import ssl
 from pathlib import Path
 from typing import Literal
 
@@ -11,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.plugin import ChannelConfig
 from gateway.secretref import Secret
+from gateway.tls import check_ca_file
 
 __all__ = ["MaxConfig"]
 
@@ -127,22 +127,7 @@ class MaxConfig(ChannelConfig):
     @field_validator("ca_file")
     @classmethod
     def _ca_loadable(cls, path: Path | None) -> Path | None:
-        if path is None:
-            return None
-        if not path.is_absolute():
-            raise ValueError(
-                f"ca_file {str(path)!r} must be an absolute path, such as "
-                '"/usr/local/share/ca-certificates/russian_trusted_root_ca.pem"'
-            )
-        try:
-            ssl.create_default_context().load_verify_locations(cafile=str(path))
-        except FileNotFoundError:
-            raise ValueError(f"ca_file {str(path)!r} does not exist") from None
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(
-                f"ca_file {str(path)!r} is not a readable PEM file of CA certificates ({exc})"
-            ) from None
-        return path
+        return check_ca_file(path, "/usr/local/share/ca-certificates/russian_trusted_root_ca.pem")
 
     @model_validator(mode="after")
     def _webhook_needs_secret(self) -> MaxConfig:
