@@ -96,8 +96,9 @@ class MemoryChannelContext:
         return self.state.get(key)
 
     async def set_state(self, key: str, value: str) -> None:
-        await trio.lowlevel.checkpoint()
         self.state[key] = value
+        async with self._changed:  # wait_for(lambda: ctx.state...) wakes up
+            self._changed.notify_all()
 
     async def history(self, thread_key: str, *, limit: int = 50) -> list[HistoryItem]:
         await trio.lowlevel.checkpoint()
@@ -158,7 +159,7 @@ class MemoryChannelContext:
         return True
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        """Wait until ``predicate()`` holds after some accept, status or event."""
+        """Wait until ``predicate()`` holds after some accept, status, event or state change."""
         async with self._changed:
             while not predicate():
                 await self._changed.wait()
