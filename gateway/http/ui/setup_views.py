@@ -1,0 +1,204 @@
+"""Channels (status, webhook URL, test connection), agents and providers (read-only), and the
+audit log with chain verification. Values come from the running config; secrets show only
+where they are kept (``env:NAME``), never their value."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import quart
+import sqlite_utils
+from pydantic import BaseModel
+from quart import Blueprint, request
+from quart_trio import QuartTrio
+
+from gateway import doctor
+from gateway.http.ui import security
+from gateway.http.ui.security import require, state
+from gateway.privacy import audit
+from gateway.secretref import Secret
+
+AUDIT_PAGE = 200
+
+
+def shown_value(value: Any) -> str:
+    if isinstance(value, Secret):
+        return f"(secret: {value.reference})"
+    if isinstance(value, BaseModel):
+        return ", ".join(f"{k} = {shown_value(v)}" for k, v in value if v not in (None, [], {}))
+    if isinstance(value, dict):
+        return ", ".join(f"{k} = {shown_value(v)}" for k, v in value.items()) or "{}"
+    if isinstance(value, list | tuple):
+        return ", ".join(shown_value(v) for v in value) or "[]"
+    return "" if value is None else str(value)
+
+
+def settings_of(model: BaseModel, skip: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
+    """(key, value, description) of every field of a config model, secrets as references."""
+    fields = type(model).model_fields
+    return [
+        (name, shown_value(getattr(model, name)), info.description or "")
+        for name, info in fields.items()
+        if name not in skip
+    ]
+
+
+def public_paths(plugin: Any) -> list[str]:
+    """The URL rules a running channel mounts on the public bind (from its own blueprint):
+    its webhooks (``/webhooks/...``) when it has any, else its pages (the web chat)."""
+    blueprint = plugin.blueprint()
+    if blueprint is None:
+        return []
+    probe = QuartTrio("gateway.probe")
+    probe.register_blueprint(blueprint)
+    paths = sorted(
+        {
+            rule.rule
+            for rule in probe.url_map.iter_rules()
+            if rule.endpoint.startswith(f"{blueprint.name}.")
+        }
+    )
+    hooks = [p for p in paths if p.startswith("/webhooks/")]
+    return hooks or paths[:1]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelStatus:
+    name: str
+    plugin: str
+    enabled: bool
+    agent: str
+    running: bool
+    restarts: int | None
+    urls: list[str]
+    failed_sends: int
+    last_error: str | None
+    last_error_at: str | None
+    settings: list[tuple[str, str, str]]
+
+
+def send_failures_txn(
+    db: sqlite_utils.Database, channel: str
+) -> tuple[int, str | None, str | None]:
+    conn = db.conn
+    failed = conn.execute(
+        "SELECT count(*) FROM outbox WHERE channel = ? AND state IN ('failed', 'unknown')",
+        (channel,),
+    ).fetchone()[0]
+    last = conn.execute(
+        "SELECT last_error, updated_at FROM outbox WHERE channel = ? AND last_error IS NOT NULL "
+        "ORDER BY id DESC LIMIT 1",
+        (channel,),
+    ).fetchone()
+    return int(failed), (last[0] if last else None), (last[1] if last else None)
+
+
+async def channel_statuses() -> list[ChannelStatus]:
+    services = state().services
+    config = services.config
+    restarts: dict[str, int] | None = getattr(services, "restarts", None)
+    statuses = []
+    for name, entry in config.channels.items():
+        slot = services.pipeline.channels.get(name)
+        plugin = slot.plugin if slot is not None else None
+        polling = getattr(entry.config, "mode", None) == "polling"
+        paths = public_paths(plugin) if plugin is not None and not polling else []
+        base = config.http.public_url or "(set [http] public_url)"
+        failed, error, at = await services.store.read("channel failures", send_failures_txn, name)
+        statuses.append(
+            ChannelStatus(
+                name,
+                entry.plugin.name,
+                entry.config.enabled,
+                entry.config.agent,
+                plugin is not None,
+                restarts.get(f"channel {name}", 0) if restarts is not None else None,
+                [base + path for path in paths],
+                failed,
+                error,
+                at,
+                settings_of(entry.config, skip=("plugin",)),
+            )
+        )
+    return statuses
+
+
+def register(bp: Blueprint) -> None:
+    @bp.get("/channels")
+    @require("channels.view")
+    async def channels() -> Any:
+        return await quart.render_template(
+            "ui/channels.html", channels=await channel_statuses(), checked=None
+        )
+
+    @bp.post("/channels/<name>/check")
+    @require("channels.test")
+    async def check_channel(name: str) -> Any:
+        services = state().services
+        if name not in services.config.channels:
+            return await security.error_page(
+                f"There is no channel {name[:60]!r} in the running config.", 404, "No such channel"
+            )
+        result = await doctor.check_channel(services.config, name, services.http)
+        await security.audit_event(
+            "channel.check",
+            target=f"channel:{name}",
+            outcome="ok" if result.status == "OK" else "failed",
+            detail={"status": result.status},
+        )
+        return await quart.render_template(
+            "ui/channels.html", channels=await channel_statuses(), checked=(name, result)
+        )
+
+    @bp.get("/agents")
+    @require("agents.view")
+    async def agents() -> Any:
+        config = state().services.config
+        return await quart.render_template(
+            "ui/agents.html",
+            agents=[
+                (name, agent, [agent.provider, *agent.failover], settings_of(agent))
+                for name, agent in config.agents.items()
+            ],
+            providers=[
+                (name, entry.plugin.name, settings_of(entry.config, skip=("plugin",)))
+                for name, entry in config.providers.items()
+            ],
+            local_only=config.local_only,
+        )
+
+    @bp.get("/audit")
+    @require("audit.view")
+    async def audit_log() -> Any:
+        args = request.args
+        actor = args.get("actor", "").strip()[:200] or None
+        action = args.get("action", "").strip()[:100] or None
+        target = args.get("target", "").strip()[:200] or None
+        store = state().services.store
+
+        def read(db: sqlite_utils.Database) -> list[audit.Entry]:
+            return list(
+                audit.entries(
+                    db.conn,
+                    actor=actor,
+                    action_prefix=action,
+                    target=target,
+                    limit=AUDIT_PAGE,
+                    newest_first=True,
+                )
+            )
+
+        entries = await store.read("audit log", read)
+        verification = None
+        if args.get("verify"):
+            verification = await store.read("audit verify", lambda db: audit.verify(db.conn))
+        return await quart.render_template(
+            "ui/audit.html",
+            entries=entries,
+            actor=actor or "",
+            action=action or "",
+            target=target or "",
+            verification=verification,
+            limit=AUDIT_PAGE,
+        )
