@@ -11,12 +11,25 @@ from collections.abc import Sequence
 
 import trio
 
-from gateway import __version__, conversations_cli, init_cli, keys_cli, users_cli
+from gateway import (
+    __version__,
+    api_cli,
+    audit_cli,
+    backup_cli,
+    conversations_cli,
+    incidents_cli,
+    init_cli,
+    keys_cli,
+    report_cli,
+    retention_cli,
+    users_cli,
+)
 from gateway.config import EMBEDDED, GatewayConfig, load_config
 from gateway.errors import GatewayError
 from gateway.keys import key_banner
 from gateway.logs import setup_logging
 from gateway.plugin import Registry, load_registry
+from gateway.privacy import dsr_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,6 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     conversations_cli.add_parser(sub)
     keys_cli.add_parser(sub)
     users_cli.add_parser(sub)
+    api_cli.add_parser(sub)  # developer API: projects, keys
+    retention_cli.add_parser(sub)
+    backup_cli.add_parser(sub)  # backup, restore
+    audit_cli.add_parser(sub)
+    incidents_cli.add_parser(sub)
+    report_cli.add_parser(sub)
+    dsr_cli.add_parser(sub)  # requests, export, erase, rectify, restrict, object, consent
 
     args = parser.parse_args(argv)
     registry = load_registry()
@@ -52,14 +72,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "init":
             return init_cli.run(args, registry)
         # Commands that never talk to a platform or a model do not need their secrets.
-        offline = args.command in ("users", "conversations", "keys")
+        offline = args.command in (
+            "users",
+            "api",
+            "conversations",
+            "keys",
+            "retention",
+            "holds",
+            "backup",
+            "restore",
+            "audit",
+            "incidents",
+            "report",
+            *dsr_cli.COMMANDS,
+        )
         config = load_config(args.config, registry, defer_secrets=offline)
         if args.command == "users":
             return users_cli.run(config, args)
+        if args.command == "api":
+            return api_cli.run(config, args)
         if args.command == "conversations":
             return conversations_cli.run(config, args)
         if args.command == "keys":
             return keys_cli.run(config, args)
+        if args.command in ("retention", "holds"):
+            return retention_cli.run(config, args)
+        if args.command in ("backup", "restore"):
+            return backup_cli.run(config, args)
+        if args.command == "audit":
+            return audit_cli.run(config, args)
+        if args.command == "incidents":
+            return incidents_cli.run(config, args)
+        if args.command == "report":
+            return report_cli.run(config, args)
+        if args.command in dsr_cli.COMMANDS:
+            return dsr_cli.run(config, args)
         return cmd_run(config, registry)
     except GatewayError as exc:
         print(f"gateway: error: {exc}", file=sys.stderr)

@@ -315,9 +315,22 @@ class GatewayConfig:
 
 # Top-level tables: a feature adds its section model here (one entry; the model lives in the
 # feature's module, every key with a default so existing files still load).
+from gateway.devapi.config import ApiSection  # noqa: E402
+from gateway.http.ui.settings import AdminUIConfig  # noqa: E402
+from gateway.privacy.backup import BackupSection  # noqa: E402
+from gateway.privacy.dsr_schema import PrivacyConfig  # noqa: E402
+from gateway.privacy.processing import PrivacyRecordSection  # noqa: E402
+from gateway.privacy.retention import RetentionSection  # noqa: E402
+
 TOP_LEVEL: dict[str, type[BaseModel]] = {
     "gateway": GatewaySection,
     "http": HttpSection,
+    "privacy": PrivacyConfig,
+    "retention": RetentionSection,
+    "backup": BackupSection,
+    "privacy_record": PrivacyRecordSection,
+    "admin_ui": AdminUIConfig,
+    "api": ApiSection,
 }
 TABLES = ("channels", "agents", "providers")
 
@@ -400,6 +413,7 @@ class _Validator:
         defer_secrets: bool = False,
     ) -> None:
         self.defer_secrets = defer_secrets
+        self.channel_names: set[str] = set()
         self.source = source
         self.lines = text.splitlines()
         self.base = base
@@ -419,6 +433,8 @@ class _Validator:
         )
 
     def validate(self, raw: dict[str, Any]) -> GatewayConfig:
+        channels_raw = raw.get("channels")
+        self.channel_names = set(channels_raw) if isinstance(channels_raw, dict) else set()
         local_only = raw.pop("local_only", False)
         if not isinstance(local_only, bool):
             raise self.error(
@@ -552,7 +568,13 @@ class _Validator:
     def model(self, model: type[BaseModel], raw: dict[str, Any], table: str) -> Any:
         try:
             return model.model_validate(
-                raw, context={"environ": self.env, "defer_secrets": self.defer_secrets}
+                raw,
+                context={
+                    "environ": self.env,
+                    "defer_secrets": self.defer_secrets,
+                    # Sections that name channels (e.g. [retention.channels.NAME]) check them.
+                    "channels": self.channel_names,
+                },
             )
         except ValidationError as exc:
             raise self._from_validation(exc, model, table) from None

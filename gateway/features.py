@@ -15,8 +15,15 @@ from gateway.services import Services
 
 
 def install(services: Services) -> None:
-    from gateway.privacy import audit_jobs
+    from gateway.devapi import feature as devapi
+    from gateway.http.ui import app as admin_ui
+    from gateway.privacy import audit_jobs, dsr_daemon, record_jobs, retention
     from gateway.store import bodies_job
 
-    audit_jobs.install(services)
-    bodies_job.install(services)
+    audit_jobs.install(services)  # the audit head in the system log, daily
+    bodies_job.install(services)  # legacy plain message text sealed once
+    retention.install(services)  # retention sweeps
+    dsr_daemon.install(services)  # data-subject requests: /mydata, /forgetme, deadlines
+    record_jobs.install(services)  # backups, incident reminders
+    devapi.install(services)  # developer API: /start, /unsubscribe, code housekeeping
+    admin_ui.install(services)  # admin UI: search indexer

@@ -15,9 +15,16 @@ from gateway.services import Services
 
 def public_blueprints(services: Services) -> list[Blueprint]:
     blueprints: list[Blueprint] = []
+    from gateway.http import api  # the developer API, /api/v1
+
+    blueprints.append(api.blueprint(services))
     return blueprints
 
 
 def admin_blueprints(services: Services) -> list[Blueprint]:
+    from gateway.http.ui.app import blueprints as admin_ui
+    from gateway.http.ui.privacy_app import sections as privacy_desk  # privacy desk, contacts
+
     blueprints: list[Blueprint] = []
+    blueprints.extend(admin_ui(services, sections=privacy_desk()))
     return blueprints

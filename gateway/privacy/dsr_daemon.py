@@ -47,6 +47,7 @@ from gateway.privacy.requests import (
     set_status_txn,
     verify_request_txn,
 )
+from gateway.store import search
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -158,8 +159,6 @@ async def erase_contact(
         request_id=request_id,
     )
     # The admin UI's search index is a separate file (never in backups): drop them from it too.
-    from gateway.store import search
-
     await search.forget_contact(services, contact_id)
     log.info("contact %d erased (%s)", contact_id, basis)
     return receipt
@@ -211,6 +210,7 @@ async def run_erasures(services: Services) -> list[ErasureReceipt]:
             log.error("scheduled erasure #%d was not run: %s", request_id, error)
         if receipt is not None:
             log.info("erasure request #%d done: contact %d erased", request_id, receipt.contact_id)
+            await search.forget_contact(services, receipt.contact_id)
             done.append(receipt)
     recent = await store.read("recent erasures", lambda db: bool(recently_erased(db.conn)))
     removed = await store.write("erasure residue", sweep_residue_txn, store.sealer) if recent else 0

@@ -304,3 +304,33 @@ def m011_add_sealed_bodies(db: sqlite_utils.Database) -> None:
     # Message and reply text sealed per contact (gateway.store.bodies); text '' for such rows.
     db.execute("ALTER TABLE messages ADD COLUMN body BLOB")
     db.execute("ALTER TABLE outbox ADD COLUMN body BLOB")
+
+
+# Retention: legal holds, destruction acts, redacted_at (gateway.privacy.retention).
+from gateway.privacy.retention import m012_create_retention  # noqa: E402
+
+migrations()(m012_create_retention)
+
+
+# Data-subject requests: the register, rectification history, opt-out suppressions, erased_at.
+from gateway.privacy.dsr_schema import m013_create_requests  # noqa: E402
+
+migrations()(m013_create_requests)
+
+
+# The incident register (gateway.privacy.incidents).
+from gateway.privacy.incidents import m014_create_incidents  # noqa: E402
+
+migrations()(m014_create_incidents)
+
+
+# Developer API: projects, keys, subscriptions, codes, forms (gateway.devapi.schema).
+from gateway.devapi.schema import m015_create_developer_api  # noqa: E402
+
+migrations()(m015_create_developer_api)
+
+
+# Admin UI: sessions, invitations, conversation assignee (gateway.http.ui.sessions).
+from gateway.http.ui.sessions import m016_create_admin_ui  # noqa: E402
+
+migrations()(m016_create_admin_ui)

@@ -12,7 +12,7 @@ import trio
 
 from gateway.errors import SendError
 from gateway.messages import Attachment, Event
-from gateway.privacy.sealing import KeyDestroyed, Sealer
+from gateway.privacy.sealing import KeyDestroyed
 from gateway.store.outbox import OptedOut
 from gateway.store.records import (
     attachments_txn,
