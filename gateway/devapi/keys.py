@@ -30,10 +30,11 @@ from gateway.errors import GatewayError
 from gateway.pipeline.consent import Keywords
 from gateway.privacy import audit
 
-SCOPES = ("notify", "otp", "subscribers", "external_ids", "forms")
+SCOPES = ("notify", "otp", "subscribers", "external_ids", "forms", "privacy")
 """notify: send notifications; otp: send and verify one-time codes; subscribers: list the
 project's subscribers (platform ids redacted); external_ids: see those ids in full and address
-a subscriber by channel + platform id; forms: read the project's form submissions."""
+a subscriber by channel + platform id; forms: read the project's form submissions; privacy:
+pass on a subscriber's data-subject request (access, erasure...) and follow its clocks."""
 _ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
 KEY_PATTERN = re.compile(r"^(sgw_[2-9a-hjkmnp-z]{8})_[A-Za-z0-9_-]{43}$")
 

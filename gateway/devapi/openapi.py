@@ -52,7 +52,8 @@ _RESPONSES: dict[str, dict[str, Any]] = {
         ),
     },
     "404": {
-        "description": "No such subscriber, notification, code or form in this project.",
+        "description": "No such subscriber, notification, code, privacy request or form in this "
+        "project.",
         "example": _problem_example(
             404,
             "not-found",
@@ -196,6 +197,16 @@ _ORIGIN = {
 
 
 _NOTIFICATION_EXAMPLE = {"subscriber": SUB, "text": "Your order 1042 has shipped."}
+_PRIVACY_EXAMPLE = {
+    "id": 42,
+    "kind": "erasure",
+    "status": "received",
+    "verification": "unverified",
+    "subscriber": SUB,
+    "received_at": "2025-05-01T10:00:00.000000+00:00",
+    "closed_at": None,
+    "due": {"gdpr": "2025-06-01", "fz152": "2025-05-20"},
+}
 _CORS_HEADERS = {
     "Access-Control-Allow-Origin": {"schema": {"type": "string"}, "required": True},
 }
@@ -324,6 +335,40 @@ PATHS: dict[str, Any] = {
             },
         }
     },
+    "/api/v1/privacy-requests": {
+        "post": {
+            "operationId": "createPrivacyRequest",
+            "summary": "Pass on a subscriber's data-subject request (scope privacy).",
+            "description": "Registered with both deadline clocks (GDPR one month, 152-FZ ten "
+            "working days), unverified: an operator checks who asked, then carries it out.",
+            "security": _SECURED,
+            "parameters": [_IDEMPOTENCY],
+            "requestBody": _body("PrivacyRequestCreate", {"subscriber": SUB, "kind": "erasure"}),
+            "responses": {
+                "201": _ok("Registered.", "PrivacyRequest", _PRIVACY_EXAMPLE),
+                **_errors("400", "401", "403", "404", "409", "413", "415", "422", "429", "503"),
+            },
+        }
+    },
+    "/api/v1/privacy-requests/{id}": {
+        "get": {
+            "operationId": "getPrivacyRequest",
+            "summary": "A privacy request's status and clocks (scope privacy; this project's).",
+            "security": _SECURED,
+            "parameters": [
+                {
+                    "name": "id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+                }
+            ],
+            "responses": {
+                "200": _ok("The request.", "PrivacyRequest", _PRIVACY_EXAMPLE),
+                **_errors("400", "401", "403", "404", "429", "503"),
+            },
+        }
+    },
     "/api/v1/subscribers": {
         "get": {
             "operationId": "listSubscribers",
@@ -437,7 +482,8 @@ def _document() -> dict[str, Any]:
             "title": "Sovereign Gateway developer API",
             "version": __version__,
             "description": "Notifications and one-time codes to end users who subscribed in a "
-            "chat (/start <project>), their subscriber list, and website form submissions. "
+            "chat (/start <project>), their subscriber list, their data-subject requests, and "
+            "website form submissions. "
             "Keys: `gateway api keys create PROJECT --scopes ...`; scopes: "
             + ", ".join(SCOPES)
             + ". Every error is an RFC 9457 problem (application/problem+json).",

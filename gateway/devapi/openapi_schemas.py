@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.privacy.requests import KINDS, STATUSES
+
 
 def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -156,6 +158,64 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "data": {"type": "array", "items": ref("Subscriber")},
             "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+    "PrivacyRequestCreate": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["kind"],
+        "properties": {
+            **_TARGET,
+            "kind": {"enum": list(KINDS), "description": "The right the person exercises."},
+            "note": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 2000,
+                "description": "What they asked, in words (e.g. what to rectify).",
+            },
+        },
+        **_ONE_TARGET,
+    },
+    "PrivacyRequest": {
+        "type": "object",
+        "required": [
+            "id",
+            "kind",
+            "status",
+            "verification",
+            "subscriber",
+            "received_at",
+            "closed_at",
+            "due",
+        ],
+        "properties": {
+            "id": {"type": "integer", "description": "The request's number in the register."},
+            "kind": {"enum": list(KINDS)},
+            "status": {"enum": list(STATUSES)},
+            "verification": {
+                "enum": ["unverified", "verified", "failed"],
+                "description": "Whether the operator checked who asked (API requests start "
+                "unverified: the app vouched for its user).",
+            },
+            "subscriber": {"type": ["string", "null"]},
+            "received_at": _TIME,
+            "closed_at": {"type": ["string", "null"]},
+            "due": {
+                "type": "object",
+                "required": ["gdpr", "fz152"],
+                "properties": {
+                    "gdpr": {
+                        "type": "string",
+                        "format": "date",
+                        "description": "Last day under GDPR art. 12(3) (one month, extendable).",
+                    },
+                    "fz152": {
+                        "type": "string",
+                        "format": "date",
+                        "description": "Last day under 152-FZ (ten Russian working days).",
+                    },
+                },
+            },
         },
     },
     "FormData": {

@@ -59,15 +59,19 @@ async def _subscription(services: Services, key: ApiKey, target: Target) -> Subs
         target.external_id,
     )
     if found is None:
-        field, who = target.describe()
-        raise Problem(
-            "not-found",
-            f"{who} is not a subscriber of project {key.project}: an end user subscribes by "
-            f"sending /start {key.project} to one of your bots (a link https://t.me/<bot>?start="
-            f"{key.project} does it in one tap)",
-            errors=[{"field": field, "problem": f"not a subscriber of project {key.project}"}],
-        )
+        raise not_a_subscriber(key, target)
     return found
+
+
+def not_a_subscriber(key: ApiKey, target: Target) -> Problem:
+    field, who = target.describe()
+    return Problem(
+        "not-found",
+        f"{who} is not a subscriber of project {key.project}: an end user subscribes by "
+        f"sending /start {key.project} to one of your bots (a link https://t.me/<bot>?start="
+        f"{key.project} does it in one tap)",
+        errors=[{"field": field, "problem": f"not a subscriber of project {key.project}"}],
+    )
 
 
 def _refused(exc: Exception, sub: Subscription) -> Problem:

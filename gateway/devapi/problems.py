@@ -55,7 +55,8 @@ TYPES: dict[str, ProblemType] = {
     "not-found": ProblemType(
         404,
         "Not found",
-        "No such endpoint, form, subscriber, notification or code for this project.",
+        "No such endpoint, form, subscriber, notification, code or privacy request for this "
+        "project.",
     ),
     "method-not-allowed": ProblemType(
         405, "Method not allowed", "The endpoint exists; the Allow header lists its methods."

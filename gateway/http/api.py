@@ -14,7 +14,7 @@ from typing import Any
 import quart
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from gateway.devapi import openapi, operations
+from gateway.devapi import openapi, operations, privacy_requests
 from gateway.devapi.config import FormConfig, api_config, parse_rate
 from gateway.devapi.forms import check_submission, count_spam_txn, store_submission_txn
 from gateway.devapi.keys import project_by_name
@@ -33,6 +33,7 @@ from gateway.devapi.web import (
     read_json,
 )
 from gateway.errors import StoreError
+from gateway.privacy.requests import KINDS
 from gateway.services import Services
 from gateway.webhooks import WebhookRefused, read_body
 
@@ -41,6 +42,8 @@ log = logging.getLogger("gateway.api")
 SUBSCRIBER = re.compile(r"^sub_[A-Za-z0-9_-]{16}$")
 CODE_ID = re.compile(r"^otp_[A-Za-z0-9_-]{16}$")
 CODE = re.compile(r"^[0-9]{4,10}$")
+REQUEST_KIND = re.compile(f"^({'|'.join(KINDS)})$")
+REQUEST_ID = re.compile(r"^[1-9][0-9]{0,17}$")
 PREFIX = "/api/v1"
 FORM_LIMIT = 32 * 1024
 _TEMPLATE = re.compile(r"\{[^}]+\}")
@@ -194,6 +197,41 @@ def blueprint(services: Services) -> quart.Blueprint:
         fields.check()
         assert code_id is not None and code is not None
         status, answer = await operations.verify_code(services, key, code_id, code)
+        return json_response(status, answer)
+
+    @on("POST", "/api/v1/privacy-requests")
+    @scoped("privacy")
+    async def privacy_request(key: Any) -> quart.Response:
+        idem = idempotency_key(request)
+        body = await read_json(request)
+        fields = Fields(body, ("subscriber", "channel", "external_id", "kind", "note"))
+        kind = fields.text(
+            "kind",
+            required=True,
+            max_length=32,
+            pattern=REQUEST_KIND,
+            shape="one of " + ", ".join(KINDS),
+        )
+        note = fields.text("note", max_length=2000, shape="what the person asked, in words")
+        target = _target(fields, key.scopes)
+        assert kind is not None
+        return await idempotent(
+            services,
+            key,
+            idem,
+            request,
+            body,
+            lambda: privacy_requests.create(services, key, target, kind, note, idem),
+        )
+
+    @on("GET", "/api/v1/privacy-requests/<request_id>")
+    @scoped("privacy")
+    async def privacy_request_status(key: Any, request_id: str) -> quart.Response:
+        if not REQUEST_ID.match(request_id):
+            raise invalid(
+                [{"field": "id", "problem": "must be the id POST /api/v1/privacy-requests gave"}]
+            )
+        status, answer = await privacy_requests.status(services, key, int(request_id))
         return json_response(status, answer)
 
     @on("GET", "/api/v1/subscribers")

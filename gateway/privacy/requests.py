@@ -260,9 +260,11 @@ def create_request_txn(
     source_ref: str | None = None,
     received_at: dt.datetime | None = None,
     tz: str = "UTC",
+    verification_note: str | None = None,
 ) -> Request:
     """Register a request. ``source_ref`` (e.g. ``journal:<id>`` for a chat command) makes a
-    repeat return the first one. Needs a contact, an identity or a requester description."""
+    repeat return the first one. Needs a contact, an identity or a requester description.
+    ``verification_note``: what is known of the requester's identity so far (still unverified)."""
     conn = db.conn
     if kind not in KINDS:
         raise RequestError(f"unknown request type {kind!r}; one of: {', '.join(KINDS)}")
@@ -297,8 +299,8 @@ def create_request_txn(
     day = local_date(received, tz)
     request_id = conn.execute(
         "INSERT INTO requests (kind, channel, contact_id, identity_id, requester, details, "
-        "source_ref, received_at, received_on, gdpr_due, ru_due) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "source_ref, received_at, received_on, gdpr_due, ru_due, verification_note) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             kind,
             channel,
@@ -311,6 +313,7 @@ def create_request_txn(
             day.isoformat(),
             gdpr_due(day).isoformat(),
             ru_due(day).isoformat(),
+            verification_note,
         ),
     ).lastrowid
     assert request_id is not None
