@@ -234,7 +234,7 @@ async def test_sign_in_watch_take_over_reply_hand_back(
                     ("/users", "invite", "users"),
                     ("/channels", "channel-support_bot", "channels"),
                     ("/agents", "agent-default", "agents"),
-                    ("/audit", "verify-chain", "audit"),
+                    ("/privacy/audit", "audit-verify", "audit"),
                 ):
                     pages[path] = await trio.to_thread.run_sync(
                         visit, driver, base, path, marker, picture

@@ -39,12 +39,15 @@ async def test_agents_page_shows_the_failover_chain(ui: UI) -> None:
 async def test_audit_page_lists_and_verifies(ui: UI) -> None:
     owner = await ui.add_user("owner@example.com", "owner")
     client = await ui.sign_in(owner)
-    status, html = await page(client, "/audit?action=login.")
+    moved = await client.get("/audit?action=login.")  # one viewer: the privacy desk's
+    assert moved.status_code == 303
+    assert moved.headers["Location"] == "/privacy/audit?action=login."
+    status, html = await page(client, "/privacy/audit?action=login.")
     assert status == 200 and "login.ok" in html
-    status, html = await page(client, "/audit?verify=1")
-    assert 'id="verification"' in html and "audit log intact" in html
+    verified = await post(client, "/privacy/audit/verify", {}, from_page="/privacy/audit")
+    assert "audit log intact" in await verified.get_data(as_text=True)
     await ui.gw.running.store.write(
         "tamper", lambda db: db.conn.execute("UPDATE audit_log SET actor = 'someone' WHERE id = 1")
     )
-    _status, html = await page(client, "/audit?verify=1")
-    assert "BROKEN at entry 1" in html
+    verified = await post(client, "/privacy/audit/verify", {}, from_page="/privacy/audit")
+    assert "BROKEN at entry 1" in await verified.get_data(as_text=True)

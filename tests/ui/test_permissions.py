@@ -113,7 +113,8 @@ async def test_an_auditor_reads_masked_conversations_but_cannot_act(ui: UI) -> N
     ).status_code == 403
     assert await ui.sql("SELECT count(*) FROM outbox") == [(1,)]
     assert await ui.sql("SELECT status FROM conversations") == [("open",)]
-    assert (await client.get("/audit")).status_code == 200
+    assert (await client.get("/audit")).status_code == 303  # to /privacy/audit
+    assert (await client.get("/privacy/audit")).status_code == 200
     assert (await client.get("/users")).status_code == 403
     # Revealing is allowed, with a reason, and audited.
     assert (

@@ -55,7 +55,6 @@ NAV: tuple[NavEntry, ...] = (
     ("Users", "ui.users_page", "users.view"),
     ("Channels", "ui.channels", "channels.view"),
     ("Agents", "ui.agents", "agents.view"),
-    ("Audit log", "ui.audit_log", "audit.view"),
 )
 
 

@@ -1,11 +1,12 @@
-"""Channels (status, webhook URL, test connection), agents and providers (read-only), and the
-audit log with chain verification. Values come from the running config; secrets show only
-where they are kept (``env:NAME``), never their value."""
+"""Channels (status, webhook URL, test connection), agents and providers (read-only), and
+``/audit`` (a redirect to the privacy desk's audit viewer). Values come from the running config;
+secrets show only where they are kept (``env:NAME``), never their value."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
+from urllib.parse import urlencode
 
 import quart
 import sqlite_utils
@@ -16,10 +17,7 @@ from quart_trio import QuartTrio
 from gateway import doctor
 from gateway.http.ui import security
 from gateway.http.ui.security import require, state
-from gateway.privacy import audit
 from gateway.secretref import Secret
-
-AUDIT_PAGE = 200
 
 
 def shown_value(value: Any) -> str:
@@ -171,34 +169,7 @@ def register(bp: Blueprint) -> None:
     @bp.get("/audit")
     @require("audit.view")
     async def audit_log() -> Any:
-        args = request.args
-        actor = args.get("actor", "").strip()[:200] or None
-        action = args.get("action", "").strip()[:100] or None
-        target = args.get("target", "").strip()[:200] or None
-        store = state().services.store
-
-        def read(db: sqlite_utils.Database) -> list[audit.Entry]:
-            return list(
-                audit.entries(
-                    db.conn,
-                    actor=actor,
-                    action_prefix=action,
-                    target=target,
-                    limit=AUDIT_PAGE,
-                    newest_first=True,
-                )
-            )
-
-        entries = await store.read("audit log", read)
-        verification = None
-        if args.get("verify"):
-            verification = await store.read("audit verify", lambda db: audit.verify(db.conn))
-        return await quart.render_template(
-            "ui/audit.html",
-            entries=entries,
-            actor=actor or "",
-            action=action or "",
-            target=target or "",
-            verification=verification,
-            limit=AUDIT_PAGE,
-        )
+        # One audit viewer: the privacy desk's (filters, paging, verification, export).
+        keep = {k: v for k, v in request.args.items() if k in ("actor", "action", "target")}
+        target = quart.url_for("privacy.audit_log")
+        return quart.redirect(target + ("?" + urlencode(keep) if keep else ""), 303)
