@@ -154,6 +154,7 @@ def entries(
     conn: sqlite3.Connection,
     *,
     after_id: int = 0,
+    before_id: int | None = None,
     target: str | None = None,
     actor: str | None = None,
     action_prefix: str | None = None,
@@ -161,8 +162,12 @@ def entries(
     limit: int | None = None,
     newest_first: bool = False,
 ) -> Iterator[Entry]:
-    """Entries, filtered (for viewers and exports)."""
+    """Entries, filtered (for viewers and exports): ids above ``after_id`` (paging oldest first)
+    and below ``before_id`` (paging ``newest_first``)."""
     where, args = ["id > ?"], [after_id]
+    if before_id is not None:
+        where.append("id < ?")
+        args.append(before_id)
     if target is not None:
         where.append("target = ?")
         args.append(target)  # type: ignore[arg-type]

@@ -76,32 +76,19 @@ def audit_filters(args: Any) -> tuple[AuditFilters, str | None]:
 def audit_page_txn(
     db: sqlite_utils.Database, filters: AuditFilters, limit: int = PAGE
 ) -> list[audit.Entry]:
-    """Newest first, below ``filters.before``: :func:`audit.entries` pages oldest-first only
-    (``after_id``), so the page reads ids downwards with the same filters."""
-    where, args = ["id < ?"], [filters.before if filters.before is not None else 2**62]
-    if filters.actor is not None:
-        where.append("actor = ?")
-        args.append(filters.actor)  # type: ignore[arg-type]
-    if filters.target is not None:
-        where.append("target = ?")
-        args.append(filters.target)  # type: ignore[arg-type]
-    if filters.action is not None:
-        escaped = filters.action.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        where.append("action LIKE ? ESCAPE '\\'")
-        args.append(escaped + "%")  # type: ignore[arg-type]
-    if filters.since is not None:
-        where.append("at >= ?")
-        args.append(filters.since)  # type: ignore[arg-type]
-    rows = db.conn.execute(
-        "SELECT id, at, actor, action, target, outcome, detail, hash FROM audit_log WHERE "
-        + " AND ".join(where)
-        + f" ORDER BY id DESC LIMIT {int(limit)}",
-        args,
-    ).fetchall()
-    return [
-        audit.Entry(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None, r[7])
-        for r in rows
-    ]
+    """Newest first, below ``filters.before``."""
+    return list(
+        audit.entries(
+            db.conn,
+            before_id=filters.before,
+            actor=filters.actor,
+            target=filters.target,
+            action_prefix=filters.action,
+            since=filters.since,
+            limit=limit,
+            newest_first=True,
+        )
+    )
 
 
 async def _audit_page(verification: audit.Verification | None = None) -> quart.Response:
