@@ -3,8 +3,7 @@ websocket (:func:`open_chat_client`) or over the fallback, a server-sent event s
 (:func:`open_event_stream`).
 
 Usable against a channel served alone (``gateway.testing.conformance.serve_blueprint``) or against
-the whole daemon. Needs ``trio-websocket`` (a test dependency). :class:`ConsentContext` is a
-MemoryChannelContext that also keeps the consent ledger (``record_consent``).
+the whole daemon. Needs ``trio-websocket`` (a test dependency).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from gateway.plugin import ChannelContext
-from gateway.testing.context import MemoryChannelContext
 
 from . import convert
 from .channel import WebchatChannel
@@ -35,7 +33,7 @@ class _FrameReader:
         """The messages of the history frame that began the connection."""
         self._unread: list[dict[str, Any]] = []
 
-    async def _next_frame(self) -> dict[str, Any]:
+    async def _next_frame(self) -> dict[str, Any]:  # each transport reads its own
         raise NotImplementedError
 
     async def wait_for(self, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
@@ -182,29 +180,6 @@ async def open_webchat(
             await nursery.start(channel.run)
             yield channel, url
             nursery.cancel_scope.cancel()
-
-
-class ConsentContext(MemoryChannelContext):
-    """A MemoryChannelContext with the consent ledger a ``record_consent`` keeps: ``consents``
-    lists (sender_id, purpose, state, source) as the real ledger would store them (an identity
-    exists once it has sent a message; a repeated state is not stored again)."""
-
-    def __init__(self, name: str = "test", **kwargs: Any) -> None:
-        super().__init__(name, **kwargs)
-        self.consents: list[tuple[str, str, str, str]] = []
-
-    async def record_consent(
-        self, sender_id: str, *, purpose: str, state: str, source: str, detail: str | None = None
-    ) -> bool:
-        import trio
-
-        await trio.lowlevel.checkpoint()
-        if not any(m.sender_id == sender_id for m in self.inbound):
-            return False
-        latest = [c for c in self.consents if c[0] == sender_id and c[1] == purpose]
-        if not latest or latest[-1][2] != state:
-            self.consents.append((sender_id, purpose, state, source))
-        return True
 
 
 class StreamClient(_FrameReader):

@@ -8,10 +8,10 @@ import pytest
 import trio
 
 from gateway.messages import Outbound
+from gateway.testing.context import MemoryChannelContext
 from plugins.webchat import WebchatChannel
 from plugins.webchat.convert import new_client_id
 from plugins.webchat.testing import (
-    ConsentContext,
     new_visitor,
     open_chat_client,
     open_event_stream,
@@ -25,7 +25,7 @@ WIDGET = {"allowed_origins": [SHOP], "privacy_notice_url": "https://shop.example
 
 @pytest.fixture
 async def context():
-    ctx = ConsentContext("web")
+    ctx = MemoryChannelContext("web")
     yield ctx
     await ctx.aclose()
 
@@ -181,7 +181,7 @@ async def test_visitor_key_survives_a_restart_and_ids_do_not_collide(context):
     async with open_webchat(context, **WIDGET) as (channel, _):
         again = channel.thread_key(visitor)
     # ...another gateway (another key) does not: the mapping is keyed, not a plain hash.
-    fresh = ConsentContext("web")
+    fresh = MemoryChannelContext("web")
     async with open_webchat(fresh, **WIDGET) as (channel, _):
         elsewhere = channel.thread_key(visitor)
     await fresh.aclose()
