@@ -15,10 +15,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import h11
 import trio
 
-from gateway.testing._http import read_request
+from gateway.testing._http import Answer, json_answer, serve_requests
 
 FIRST_SEQ = 25_493_970
 """Update numbers start here, not at 0 or 1: a plugin must not treat either specially."""
@@ -189,28 +188,19 @@ class BotApi:
     # -- serving ---------------------------------------------------------------------------
 
     async def handle_connection(self, stream: Any) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 16)
+        await serve_requests(stream, self._http_answer)
+
+    async def _http_answer(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> Answer | None:
         try:
-            while (received := await read_request(stream, conn)) is not None:
-                request, headers, body = received
-                try:
-                    status, out, extra = await self._route(
-                        request.method.decode(), request.target.decode("latin-1"), headers, body
-                    )
-                except Disconnect:
-                    return
-                except ApiError as exc:
-                    status, out = exc.status, {"code": exc.code, "message": exc.message}
-                    extra = {"retry-after": exc.retry_after} if exc.retry_after else {}
-                await _respond(conn, stream, status, out, extra)
-                if h11.MUST_CLOSE in (conn.our_state, conn.their_state):
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
-            return
-        finally:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+            status, out, extra = await self._route(method, target, headers, body)
+        except Disconnect:
+            return None
+        except ApiError as exc:
+            status, out = exc.status, {"code": exc.code, "message": exc.message}
+            extra = {"retry-after": exc.retry_after} if exc.retry_after else {}
+        return json_answer(status, out, extra)
 
     async def _route(
         self, method: str, target: str, headers: dict[str, str], body: bytes
@@ -444,13 +434,3 @@ def _json(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ApiError(400, "proto.payload", "Request body must be a JSON object")
     return value
-
-
-async def _respond(
-    conn: h11.Connection, stream: Any, status: int, out: Any, extra: dict[str, str]
-) -> None:
-    data = out if isinstance(out, bytes) else json.dumps(out).encode()
-    headers = {"content-type": "application/json", **extra, "content-length": str(len(data))}
-    wire = conn.send(h11.Response(status_code=status, headers=list(headers.items())))
-    wire += conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage())
-    await stream.send_all(wire)

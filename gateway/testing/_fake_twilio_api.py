@@ -19,11 +19,11 @@ from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-import h11
 import httpx
 import trio
 
-from gateway.testing._http import read_request
+from gateway.testing._http import Answer as HttpAnswer
+from gateway.testing._http import serve_requests
 
 DEFAULT_ACCOUNT_SID = "AC" + "fa4e" * 8
 DEFAULT_AUTH_TOKEN = "fake-twilio-auth-token-0123456789"
@@ -197,26 +197,16 @@ class TwilioApi:
     # -- routes ---------------------------------------------------------------------------
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
+        await serve_requests(stream, self._answer, max_event_size=16 * 1024)
+
+    async def _answer(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> HttpAnswer | None:
         try:
-            async with stream:
-                while (request := await read_request(stream, conn)) is not None:
-                    event, headers, body = request
-                    try:
-                        status, extra, payload = await self._route(
-                            event.method.decode(), event.target.decode("latin-1"), headers, body
-                        )
-                    except _Disconnect:
-                        return
-                    out = [("content-length", str(len(payload))), *extra]
-                    data = conn.send(h11.Response(status_code=status, headers=out))
-                    data += conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage())
-                    await stream.send_all(data)
-                    if conn.our_state is h11.MUST_CLOSE:
-                        return
-                    conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
-            return
+            status, extra, payload = await self._route(method, target, headers, body)
+        except _Disconnect:
+            return None
+        return status, list(extra), payload
 
     def _error(self, status: int, code: int, message: str) -> Answer:
         body = {

@@ -14,10 +14,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import h11
 import trio
 
-from gateway.testing._http import parse_multipart, read_request
+from gateway.testing._http import Answer, json_answer, parse_multipart, serve_requests
 
 WINDOW_SECONDS = 24 * 3600
 
@@ -149,28 +148,19 @@ class GraphApi:
     # -- serving ---------------------------------------------------------------------------
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 16)
+        await serve_requests(stream, self._answer)
+
+    async def _answer(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> Answer | None:
         try:
-            while (received := await read_request(stream, conn)) is not None:
-                request, headers, body = received
-                try:
-                    status, out, extra = await self._route(
-                        request.method.decode(), request.target.decode("latin-1"), headers, body
-                    )
-                except _Disconnect:
-                    return
-                except _ApiError as exc:
-                    status, out = exc.status, _error_body(exc.code, exc.details)
-                    extra = {"retry-after": exc.retry_after} if exc.retry_after else {}
-                await _respond(conn, stream, status, out, extra)
-                if h11.MUST_CLOSE in (conn.our_state, conn.their_state):
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
-            return
-        finally:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+            status, out, extra = await self._route(method, target, headers, body)
+        except _Disconnect:
+            return None
+        except _ApiError as exc:
+            status, out = exc.status, _error_body(exc.code, exc.details)
+            extra = {"retry-after": exc.retry_after} if exc.retry_after else {}
+        return json_answer(status, out, extra)
 
     async def _route(
         self, method: str, target: str, headers: dict[str, str], body: bytes
@@ -336,13 +326,3 @@ def _json(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _ApiError(400, 100, "request body must be a JSON object")
     return value
-
-
-async def _respond(
-    conn: h11.Connection, stream: trio.SocketStream, status: int, out: Any, extra: dict[str, str]
-) -> None:
-    data = out if isinstance(out, bytes) else json.dumps(out).encode()
-    headers = {"content-type": "application/json", **extra, "content-length": str(len(data))}
-    wire = conn.send(h11.Response(status_code=status, headers=list(headers.items())))
-    wire += conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage())
-    await stream.send_all(wire)

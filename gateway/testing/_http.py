@@ -341,6 +341,51 @@ async def read_request(
     return event, headers, bytes(body)
 
 
+Answer = tuple[int, list[tuple[str, str]], bytes]
+"""An HTTP answer: status, headers (without content-length) and body."""
+
+Answerer = Callable[[str, str, dict[str, str], bytes], Awaitable["Answer | None"]]
+"""(method, target, headers, body) -> the answer, or None to drop the connection unanswered
+(a fake's way to simulate a lost response)."""
+
+
+def json_answer(status: int, out: Any, extra: dict[str, str] | None = None) -> Answer:
+    """A JSON answer (``out`` already bytes is sent as is; ``extra`` may replace its
+    content-type, e.g. for a file)."""
+    data = out if isinstance(out, bytes) else json.dumps(out).encode()
+    return status, list({"content-type": "application/json", **(extra or {})}.items()), data
+
+
+async def serve_requests(
+    stream: trio.SocketStream, answer: Answerer, *, max_event_size: int = 1 << 16
+) -> None:
+    """Serve one keep-alive HTTP/1.1 connection of a fake platform: each request goes to
+    ``answer``; the connection ends when the client closes it, ``answer`` returns None, or the
+    client breaks the protocol. The stream is closed in every case."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_event_size)
+    try:
+        while (received := await read_request(stream, conn)) is not None:
+            request, headers, body = received
+            result = await answer(
+                request.method.decode(), request.target.decode("latin-1"), headers, body
+            )
+            if result is None:
+                return
+            status, extra, data = result
+            out = [*extra, ("content-length", str(len(data)))]
+            wire = conn.send(h11.Response(status_code=status, headers=out))
+            wire += conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage())
+            await stream.send_all(wire)
+            if h11.MUST_CLOSE in (conn.our_state, conn.their_state):
+                return
+            conn.start_next_cycle()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+        return
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
 def parse_multipart(content_type: str, body: bytes) -> email.message.EmailMessage:
     """A request body of ``content_type`` as a MIME message; iterate its parts for the fields
     of ``multipart/form-data`` (``part.get_param("name", header="content-disposition")``)."""
