@@ -17,7 +17,7 @@ import gc
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import hypercorn.config
@@ -33,8 +33,8 @@ from gateway.messages import Event, Inbound
 from gateway.metrics import Metrics
 from gateway.outbound import AllowlistResolver
 from gateway.pipeline.core import Pipeline
-from gateway.plugin import Accepted, HistoryItem
-from gateway.reload import Reloader
+from gateway.plugin import Accepted, HistoryItem, Registry, load_registry
+from gateway.reload import Reloader, load_again, reload_checked
 from gateway.scheduler import Scheduler
 from gateway.services import Services
 from gateway.store import Store, open_store
@@ -44,6 +44,9 @@ from gateway.store.records import (
     record_event_txn,
     update_delivery_txn,
 )
+
+if TYPE_CHECKING:
+    from gateway.managed import Overlay
 
 log = logging.getLogger("gateway")
 
@@ -193,14 +196,30 @@ def _hypercorn_config(bind: str, grace: float) -> hypercorn.config.Config:
     return config
 
 
+@dataclasses.dataclass(frozen=True)
+class Reloading:
+    """What a live config change needs to load the config again (gateway.managed)."""
+
+    registry: Registry
+    environ: Mapping[str, str] | None
+
+    async def check(self, reloader: Reloader, overlay: Overlay) -> GatewayConfig:
+        return await load_again(
+            reloader.config, self.registry, environ=self.environ, managed=overlay
+        )
+
+
 async def serve(
     config: GatewayConfig,
     *,
     stop: trio.Event | None = None,
     environ: Mapping[str, str] | None = None,
+    registry: Registry | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the gateway until ``stop`` is set (or the task is cancelled)."""
+    """Run the gateway until ``stop`` is set (or the task is cancelled). ``registry`` is the
+    one ``config`` was loaded with (default: the installed plugins): the admin UI's config
+    changes are loaded with it."""
     stop = stop if stop is not None else trio.Event()
     data_dir: Path = config.data_dir
     master = load_master_key(data_dir, reference=config.gateway.master_key, environ=environ)
@@ -209,7 +228,9 @@ async def serve(
     previous = trio.socket.set_custom_hostname_resolver(resolver)
     log.info("outbound hosts allowed: %s", ", ".join(sorted(resolver.allowed)))
     try:
-        await _serve_with_store(config, stop, environ, master, resolver, task_status)
+        await _serve_with_store(
+            config, stop, environ, registry or load_registry(), master, resolver, task_status
+        )
     finally:
         trio.socket.set_custom_hostname_resolver(previous)
 
@@ -218,6 +239,7 @@ async def _serve_with_store(
     config: GatewayConfig,
     stop: trio.Event,
     environ: Mapping[str, str] | None,
+    registry: Registry,
     master: MasterKey,
     resolver: AllowlistResolver,
     task_status: trio.TaskStatus[Running],
@@ -253,7 +275,16 @@ async def _serve_with_store(
                     metrics=metrics,
                 )
                 await _run(
-                    config, store, http, pipeline, agents, master, resolver, stop, task_status
+                    config,
+                    store,
+                    http,
+                    pipeline,
+                    agents,
+                    master,
+                    resolver,
+                    stop,
+                    task_status,
+                    Reloading(registry, environ),
                 )
             finally:
                 await agents.aclose()
@@ -269,6 +300,7 @@ async def _run(
     resolver: AllowlistResolver,
     stop: trio.Event,
     task_status: trio.TaskStatus[Running],
+    reloading: Reloading,
 ) -> None:
     from gateway import features, notify
 
@@ -292,6 +324,10 @@ async def _run(
             restarts=restarts,
             channel_context=channel_context,
             services=services,
+        )
+        services.check_config = functools.partial(reloading.check, reloader)
+        services.reload = functools.partial(
+            reload_checked, reloader, reloading.registry, environ=reloading.environ
         )
         created = reloader.create_channels()
         await root.start(pipeline.run)

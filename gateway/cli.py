@@ -22,6 +22,7 @@ from gateway import (
     keys_cli,
     report_cli,
     retention_cli,
+    secrets_cli,
     users_cli,
 )
 from gateway.config import EMBEDDED, GatewayConfig, load_config
@@ -49,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     conversations_cli.add_parser(sub)
     keys_cli.add_parser(sub)
+    secrets_cli.add_parser(sub)  # the vault: store:NAME secrets
     users_cli.add_parser(sub)
     api_cli.add_parser(sub)  # developer API: projects, keys
     retention_cli.add_parser(sub)
@@ -77,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "api",
             "conversations",
             "keys",
+            "secrets",
             "retention",
             "holds",
             "backup",
@@ -86,7 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "report",
             *dsr_cli.COMMANDS,
         )
-        config = load_config(args.config, registry, defer_secrets=offline)
+        # Offline commands must work when the vault cannot be read (key rotation mid-way).
+        config = load_config(
+            args.config, registry, defer_secrets=offline, managed="try" if offline else "auto"
+        )
         if args.command == "users":
             return users_cli.run(config, args)
         if args.command == "api":
@@ -95,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return conversations_cli.run(config, args)
         if args.command == "keys":
             return keys_cli.run(config, args)
+        if args.command == "secrets":
+            return secrets_cli.run(config, args)
         if args.command in ("retention", "holds"):
             return retention_cli.run(config, args)
         if args.command in ("backup", "restore"):
@@ -129,15 +137,24 @@ def cmd_plugins(registry: Registry, verbose: bool) -> int:
 
 
 def cmd_check_config(file: str | None, registry: Registry) -> int:
-    config = load_config(file, registry)
+    # Without the master key (another user than the service's) the admin UI's tables cannot be
+    # read: the file is still checked, and a warning says what was not.
+    config = load_config(file, registry, managed="try")
     print(f"{config.source}: OK")
+
+    def ui(kind: str, name: str) -> str:
+        return " (admin UI)" if f"{kind}.{name}" in config.managed else ""
+
     for name, entry in config.channels.items():
         state = "" if entry.config.enabled else " (disabled)"
-        print(f"  channel  {name}: {entry.plugin.name}, agent {entry.config.agent}{state}")
+        print(
+            f"  channel  {name}: {entry.plugin.name}, agent {entry.config.agent}{state}"
+            + ui("channels", name)
+        )
     for name, agent in config.agents.items():
-        print(f"  agent    {name}: provider {agent.provider}")
+        print(f"  agent    {name}: provider {agent.provider}{ui('agents', name)}")
     for name, provider in config.providers.items():
-        print(f"  provider {name}: {provider.plugin.name}")
+        print(f"  provider {name}: {provider.plugin.name}{ui('providers', name)}")
     print(f"  data_dir {config.data_dir}")
     return 0
 
@@ -175,7 +192,7 @@ def cmd_run(config: GatewayConfig, registry: Registry) -> int:
                 nursery.start_soon(_watch)
 
                 async def _serve(*, task_status: trio.TaskStatus[Running]) -> None:
-                    await serve(config, stop=stop, task_status=task_status)
+                    await serve(config, stop=stop, registry=registry, task_status=task_status)
                     # serve returns by itself after draining; the watcher must not outlive it.
                     nursery.cancel_scope.cancel()
 

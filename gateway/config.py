@@ -11,23 +11,28 @@ import dataclasses
 import datetime as dt
 import difflib
 import importlib.resources
+import logging
 import os
 import re
 import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import tomli
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.analysis import AnalysisConfig, Analyzer
-from gateway.errors import ConfigError, PluginError
+from gateway.errors import ConfigError, GatewayError, PluginError
 from gateway.plugin import ChannelConfig, PluginConfig, PluginInfo, ProviderConfig, Registry
 from gateway.privacy.redaction import RedactionRule, Redactor
 from gateway.privacy.residency import LOCAL, ResidencyPolicy
 
+if TYPE_CHECKING:
+    from gateway.managed import Overlay
+
 EMBEDDED = "<embedded default>"
+log = logging.getLogger("gateway.config")
 
 
 class _Section(BaseModel):
@@ -295,6 +300,9 @@ class GatewayConfig:
     providers: dict[str, ProviderEntry]
     local_only: bool = False
     """Top-level ``local_only = true``: no request may leave for a non-local provider."""
+    managed: frozenset[str] = frozenset()
+    """"KIND.NAME" of the channels, agents and providers made in the admin UI (gateway.managed)
+    rather than written in the config file."""
     sections: Mapping[str, BaseModel] = dataclasses.field(default_factory=dict)
     """Every top-level table of TOP_LEVEL (defaults filled in), by name. A feature reads its own
     with a typed accessor in its module, e.g. ``gateway.privacy.retention.retention_config``."""
@@ -345,11 +353,19 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     defer_secrets: bool = False,
+    managed: Overlay | Literal["auto", "try", "skip"] = "auto",
 ) -> GatewayConfig:
-    """Read, parse and validate a config file (or the embedded default when ``path`` is None).
+    """Read, parse and validate a config file (or the embedded default when ``path`` is None),
+    with the channels, agents and providers made in the admin UI merged in (gateway.managed).
 
     ``defer_secrets`` checks that secrets are references without resolving them (their value
     is then empty): for ``gateway init``, which writes a config before its secrets exist.
+
+    ``managed`` says where the admin UI's tables come from: ``"auto"`` reads them from the
+    database in data_dir (none if there is none yet; an unreadable one is an error), ``"try"``
+    warns and goes on without them when the database cannot be opened (commands that must work
+    without the master key: check-config, key rotation), ``"skip"`` ignores them, and an
+    :class:`~gateway.managed.Overlay` is used as given (the admin UI checking a change).
 
     With the embedded default, ``OPENAI_API_KEY`` in the environment switches the default agent
     from the offline FAQ provider to OpenAI (``OPENAI_BASE_URL`` and ``OPENAI_MODEL`` override
@@ -399,7 +415,7 @@ def load_config(
             "model": env.get("OPENAI_MODEL", "gpt-4o-mini"),
         }
         raw["agents"]["default"]["provider"] = "openai"
-    return _Validator(source, text, base, registry, env, defer_secrets).validate(raw)
+    return _Validator(source, text, base, registry, env, defer_secrets, managed).validate(raw)
 
 
 class _Validator:
@@ -411,8 +427,14 @@ class _Validator:
         registry: Registry,
         env: dict[str, str],
         defer_secrets: bool = False,
+        managed: Overlay | Literal["auto", "try", "skip"] = "auto",
     ) -> None:
         self.defer_secrets = defer_secrets
+        self.managed_source = managed
+        self.overlay: Overlay | None = None
+        self.managed: set[str] = set()
+        """"KIND.NAME" of the tables that came from the database."""
+        self.database = ""
         self.channel_names: set[str] = set()
         self.source = source
         self.lines = text.splitlines()
@@ -423,6 +445,8 @@ class _Validator:
     def error(
         self, problem: str, table: str | None, key: str | None = None, fix: str | None = None
     ) -> ConfigError:
+        if table is not None and ".".join(table.split(".")[:2]) in self.managed:
+            return ConfigError(problem, file=self.database, table=table, key=key, fix=fix)
         return ConfigError(
             problem,
             file=self.source,
@@ -432,9 +456,49 @@ class _Validator:
             fix=fix,
         )
 
+    def merge_managed(self, raw: dict[str, Any], gateway: GatewaySection) -> None:
+        """Add the admin UI's tables (gateway.managed) to ``raw``; a name in both is an error."""
+        from gateway.managed import Overlay, read_overlay, where
+
+        self.database = where(gateway.data_dir)
+        source = self.managed_source
+        if isinstance(source, Overlay):
+            overlay = source
+        elif source == "skip":
+            overlay = Overlay(readable=False)
+        else:
+            try:
+                overlay = read_overlay(gateway.data_dir, gateway.master_key, self.env)
+            except GatewayError as exc:
+                if source == "auto":
+                    raise ConfigError(
+                        f"cannot read the channels, agents and providers made in the admin UI: "
+                        f"{exc}",
+                        file=self.database,
+                    ) from None
+                log.warning(
+                    "the admin UI's channels, agents and providers are not checked: %s", exc
+                )
+                overlay = Overlay(readable=False)
+        self.overlay = overlay
+        for kind in TABLES:
+            tables = overlay.tables.get(kind, {})
+            if not tables:
+                continue
+            present = raw.setdefault(kind, {})
+            if not isinstance(present, dict):
+                continue  # reported by validate
+            for name, table in tables.items():
+                if name in present:
+                    raise self.error(
+                        f"{kind}.{name} is defined both here and in the admin UI ({self.database})",
+                        f"{kind}.{name}",
+                        fix="rename or delete this table, or remove the one in the admin UI",
+                    )
+                present[name] = dict(table)
+                self.managed.add(f"{kind}.{name}")
+
     def validate(self, raw: dict[str, Any]) -> GatewayConfig:
-        channels_raw = raw.get("channels")
-        self.channel_names = set(channels_raw) if isinstance(channels_raw, dict) else set()
         local_only = raw.pop("local_only", False)
         if not isinstance(local_only, bool):
             raise self.error(
@@ -444,18 +508,23 @@ class _Validator:
             if key not in TOP_LEVEL and key not in TABLES:
                 known = sorted([*TOP_LEVEL, *TABLES])
                 raise self.error(f"unknown table [{key}]", key, fix=self._did_you_mean(key, known))
-        sections: dict[str, Any] = {}
-        for key, model in TOP_LEVEL.items():
-            value = raw.get(key, {})
-            if not isinstance(value, dict):
+        for key in TOP_LEVEL:
+            if not isinstance(raw.get(key, {}), dict):
                 raise self.error(f"[{key}] must be a table", None, key)
-            sections[key] = self.model(model, value, key)
-        gateway_section: GatewaySection = sections["gateway"]
+        gateway_section: GatewaySection = self.model(
+            GatewaySection, raw.get("gateway", {}), "gateway"
+        )
         data_dir = gateway_section.data_dir.expanduser()
         if not data_dir.is_absolute():
             data_dir = self.base / data_dir
         gateway_section = gateway_section.model_copy(update={"data_dir": data_dir})
-        sections["gateway"] = gateway_section
+        self.merge_managed(raw, gateway_section)
+        channels_raw = raw.get("channels")
+        self.channel_names = set(channels_raw) if isinstance(channels_raw, dict) else set()
+        sections: dict[str, Any] = {"gateway": gateway_section}
+        for key, model in TOP_LEVEL.items():
+            if key != "gateway":
+                sections[key] = self.model(model, raw.get(key, {}), key)
 
         for key in TABLES:
             value = raw.get(key, {})
@@ -548,6 +617,7 @@ class _Validator:
             providers=providers,
             local_only=local_only,
             sections=sections,
+            managed=frozenset(self.managed),
         )
 
     def plugin(self, kind: str, table: str, raw: dict[str, Any]) -> tuple[PluginInfo, Any]:
@@ -574,6 +644,9 @@ class _Validator:
                     "defer_secrets": self.defer_secrets,
                     # Sections that name channels (e.g. [retention.channels.NAME]) check them.
                     "channels": self.channel_names,
+                    # store: secrets (gateway.vault); checked for form only if unreadable.
+                    "vault": self.overlay.secrets if self.overlay is not None else None,
+                    "defer_store": self.overlay is not None and not self.overlay.readable,
                 },
             )
         except ValidationError as exc:

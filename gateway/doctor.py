@@ -82,7 +82,9 @@ async def diagnose(
     env = dict(os.environ if environ is None else environ)
     results: list[Result] = []
     try:
-        config = load_config(path, registry, environ=env)
+        # The key and database checks below say precisely what is wrong with either; the admin
+        # UI's tables are read when both are fine.
+        config = load_config(path, registry, environ=env, managed="try")
     except ConfigError as exc:
         return [
             Result(

@@ -173,7 +173,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     if not path.exists():
         wrote = True
         write_config(path, args, asker)
-    config = load_config(path, registry, defer_secrets=True)
+    config = load_config(path, registry, defer_secrets=True, managed="try")
     master = ensure_key(config, args)
     trio.run(create_database, config, master)
     print(f"encrypted database ready: {config.data_dir / DATABASE_FILE}")

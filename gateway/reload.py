@@ -28,7 +28,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import trio
 from quart_trio import QuartTrio
@@ -49,6 +49,9 @@ from gateway.services import Services
 from gateway.store import Store
 from gateway.store.journal import pending_conversations_txn
 from gateway.store.outbox import open_conversations_txn
+
+if TYPE_CHECKING:
+    from gateway.managed import Overlay
 
 log = logging.getLogger("gateway")
 
@@ -403,6 +406,28 @@ def _apply_logging(old: GatewayConfig, new: GatewayConfig) -> None:
                 found.secrets.update(RedactSecrets(secrets).secrets)
 
 
+async def load_again(
+    config: GatewayConfig,
+    registry: Registry,
+    *,
+    environ: Mapping[str, str] | None = None,
+    managed: Overlay | Literal["auto"] = "auto",
+) -> GatewayConfig:
+    """``config``'s file (or the embedded default) loaded again, in a thread."""
+    source = None if config.source == EMBEDDED else config.source
+    return await trio.to_thread.run_sync(
+        functools.partial(load_config, source, registry, environ=environ, managed=managed)
+    )
+
+
+async def reload_checked(
+    reloader: Reloader, registry: Registry, *, environ: Mapping[str, str] | None = None
+) -> Changes:
+    """Load the config file and the admin UI's tables again and apply them; raises
+    GatewayError (the old config keeps running) if they are refused. Logs nothing."""
+    return await reloader.apply(await load_again(reloader.config, registry, environ=environ))
+
+
 async def reload_from_disk(
     reloader: Reloader, registry: Registry, *, environ: Mapping[str, str] | None = None
 ) -> Changes | None:
@@ -411,12 +436,7 @@ async def reload_from_disk(
     source = reloader.config.source
     notify.notify("RELOADING=1")
     try:
-        new = await trio.to_thread.run_sync(
-            functools.partial(
-                load_config, None if source == EMBEDDED else source, registry, environ=environ
-            )
-        )
-        changes = await reloader.apply(new)
+        changes = await reload_checked(reloader, registry, environ=environ)
     except GatewayError as exc:
         log.error("config reload rejected; still running the previous config: %s", exc)
         notify.notify_ready("config reload rejected (see the log); running the previous config")

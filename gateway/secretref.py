@@ -4,6 +4,8 @@
 ``file:PATH``       a file (trailing newline stripped); should be 0600 and owned by the service user
 ``credential:NAME`` a systemd credential ($CREDENTIALS_DIRECTORY/NAME, LoadCredential[Encrypted]=)
 ``keyring:NAME``    the system keyring (service "sovereign-gateway"), where a real backend exists
+``store:NAME``      the gateway's vault in its encrypted database (gateway.vault): set with
+                    ``gateway secrets set NAME`` or by the admin UI's forms
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from pydantic_core import core_schema
 
-SCHEMES = ("env", "file", "credential", "keyring")
+SCHEMES = ("env", "file", "credential", "keyring", "store")
 KEYRING_SERVICE = "sovereign-gateway"
 
 
@@ -75,7 +77,10 @@ def _validate_secret(value: Any, info: core_schema.ValidationInfo) -> Secret:
         if not is_reference(value):
             resolve(value)  # raises the "must not be written into the config file" error
         return Secret("", value, deferred=True)
-    return resolve(value, environ=context.get("environ"))
+    if value.startswith("store:") and context.get("defer_store"):
+        # The vault could not be read (gateway check-config without the master key).
+        return Secret("", value, deferred=True)
+    return resolve(value, environ=context.get("environ"), vault=context.get("vault"))
 
 
 def is_reference(text: str) -> bool:
@@ -83,15 +88,28 @@ def is_reference(text: str) -> bool:
     return bool(sep) and scheme in SCHEMES and bool(rest)
 
 
-def resolve(reference: str, *, environ: Mapping[str, str] | None = None) -> Secret:
-    """Resolve ``reference`` to a Secret, or raise SecretRefError saying what to fix."""
+def resolve(
+    reference: str,
+    *,
+    environ: Mapping[str, str] | None = None,
+    vault: Mapping[str, str] | None = None,
+) -> Secret:
+    """Resolve ``reference`` to a Secret, or raise SecretRefError saying what to fix.
+    ``vault`` holds the opened ``store:`` secrets (the config loader reads them)."""
     env = os.environ if environ is None else environ
     if not is_reference(reference):
         raise SecretRefError(
             "a secret must not be written into the config file; give a reference instead: "
-            "env:NAME, file:PATH, credential:NAME or keyring:NAME"
+            "env:NAME, file:PATH, credential:NAME, keyring:NAME or store:NAME"
         )
     scheme, _, name = reference.partition(":")
+    if scheme == "store":
+        if vault is None or name not in vault:
+            raise SecretRefError(
+                f"{reference!r}: the gateway's vault holds no secret {name!r}; set it with "
+                f"`gateway secrets set {name}` (or save the form again in the admin UI)"
+            )
+        return Secret(vault[name], reference)
     if scheme == "env":
         value = env.get(name)
         if not value:

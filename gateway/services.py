@@ -9,6 +9,7 @@ it when needed rather than copying values out at start-up.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -16,7 +17,9 @@ if TYPE_CHECKING:
 
     from gateway.config import GatewayConfig
     from gateway.keys import MasterKey
+    from gateway.managed import Overlay
     from gateway.pipeline.core import Pipeline
+    from gateway.reload import Changes
     from gateway.scheduler import Scheduler
     from gateway.store import Store
 
@@ -33,3 +36,10 @@ class Services:
     master: MasterKey
     restarts: dict[str, int] = dataclasses.field(default_factory=dict)
     """Plugin restarts by supervisor label ("channel NAME"), as /status shows them."""
+    check_config: Callable[[Overlay], Awaitable[GatewayConfig]] | None = None
+    """Load the running config's file again with these admin-UI tables instead of the
+    database's, raising ConfigError if the result is not valid (gateway.managed checks a change
+    before writing it). None where nothing reloads (offline tools, some tests)."""
+    reload: Callable[[], Awaitable[Changes]] | None = None
+    """Reload live from the file and the database, as SIGHUP does; raises GatewayError with the
+    reason if the new config is refused (the old one keeps running)."""

@@ -334,3 +334,9 @@ migrations()(m015_create_developer_api)
 from gateway.http.ui.sessions import m016_create_admin_ui  # noqa: E402
 
 migrations()(m016_create_admin_ui)
+
+
+# The vault (secrets) and the admin UI's config tables (gateway.vault, gateway.managed).
+from gateway.vault import m017_create_vault  # noqa: E402
+
+migrations()(m017_create_vault)

@@ -67,7 +67,11 @@ async def open_gateway(
     async with trio.open_nursery() as nursery:
         running: Running = await nursery.start(
             lambda task_status: serve(
-                config, stop=stop, environ=environ or {}, task_status=task_status
+                config,
+                stop=stop,
+                environ=environ or {},
+                registry=registry,
+                task_status=task_status,
             )
         )
         gw = GatewayUnderTest(config, running, stop, nursery.cancel_scope)
