@@ -30,7 +30,7 @@ from gateway.pipeline.agent import Agent
 from gateway.pipeline.commands import CommandCall, Commands
 from gateway.pipeline.consent import Keywords
 from gateway.pipeline.lanes import Lanes
-from gateway.pipeline.ratelimit import SendLimiter
+from gateway.pipeline.ratelimit import DEFAULT_SEND_CONCURRENCY, SendLimiter
 from gateway.plugin import Accepted, Channel, ChannelConfig
 from gateway.store import Store
 from gateway.store.journal import (
@@ -116,7 +116,12 @@ class Pipeline:
             name,
             config,
             plugin,
-            SendLimiter(config.send_rate, config.send_rate_per_chat, config.send_burst_per_chat),
+            SendLimiter(
+                config.send_rate,
+                config.send_rate_per_chat,
+                config.send_burst_per_chat,
+                getattr(plugin, "send_concurrency", DEFAULT_SEND_CONCURRENCY),
+            ),
             config.consent_keywords(),
         )
 
@@ -468,16 +473,22 @@ class Pipeline:
                 log.warning("channel %r stopped; outbox %d waits", item.channel, item.id)
                 return False
             await limiter.wait(item.thread_key)
-            attempt = await self.store.write("claim outbox row", mark_sending_txn, item.id)
-            if attempt == 0:
-                return True  # no longer pending (handled elsewhere)
-            try:
-                result = await plugin.send(outbound)
-            except SendError as exc:
-                outcome, wait = self._classify(exc, attempt, rate_limited)
-                if exc.retry_after is not None:
+            # Claimed only once a send slot is free: a row marked 'sending' is one whose
+            # request may be out (recovery treats it so), never one still waiting here.
+            async with limiter.in_flight:
+                attempt = await self.store.write("claim outbox row", mark_sending_txn, item.id)
+                if attempt == 0:
+                    return True  # no longer pending (handled elsewhere)
+                failure: Exception | None = None
+                try:
+                    result = await plugin.send(outbound)
+                except Exception as error:
+                    failure = error
+            if isinstance(failure, SendError):
+                outcome, wait = self._classify(failure, attempt, rate_limited)
+                if failure.retry_after is not None:
                     rate_limited += 1
-                await self._record_attempt(item.id, attempt, outcome, detail=str(exc))
+                await self._record_attempt(item.id, attempt, outcome, detail=str(failure))
                 log.log(
                     logging.WARNING if outcome != "retry" else logging.INFO,
                     "send channel=%s outbox=%d attempt=%d outcome=%s: %s",
@@ -485,7 +496,7 @@ class Pipeline:
                     item.id,
                     attempt,
                     outcome,
-                    exc,
+                    failure,
                     extra={"attempt": attempt, "outcome": outcome},
                 )
                 self.metrics.send(item.channel, outcome)
@@ -495,16 +506,17 @@ class Pipeline:
                 self.counters["send_retries"] += 1
                 await trio.sleep(wait)
                 continue
-            except Exception as exc:
+            if failure is not None:
                 # Not a SendError: a plugin bug. The request may have gone out, so no resend.
-                log.exception(
+                log.error(
                     "channel %s send raised %s; outbox %d marked failed",
                     item.channel,
-                    type(exc).__name__,
+                    type(failure).__name__,
                     item.id,
+                    exc_info=failure,
                 )
                 await self._record_attempt(
-                    item.id, attempt, "failed", detail=f"plugin error {type(exc).__name__}"
+                    item.id, attempt, "failed", detail=f"plugin error {type(failure).__name__}"
                 )
                 self.counters["send_failed"] += 1
                 self.metrics.send(item.channel, "failed")

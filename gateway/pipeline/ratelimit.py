@@ -31,12 +31,26 @@ class TokenBucket:
         return self.tokens + (now - self.stamp) * self.rate >= self.burst
 
 
+DEFAULT_SEND_CONCURRENCY = 32
+"""Sends of one channel in flight at once, unless its plugin sets ``send_concurrency``."""
+
+
 class SendLimiter:
-    """A channel's global rate and its per-chat rate."""
+    """A channel's global rate, its per-chat rate, and how many sends may be in flight.
+
+    The concurrency cap is for the HTTP client under the plugin: httpcore's pool rescans every
+    queued request against every connection whenever one frees, so 1,000 sends queued on a
+    32-connection pool cost quadratic time (profiled in issue #9: 15-25 % of the daemon's CPU
+    under a burst). Waiting here instead keeps the pool's queue empty."""
 
     def __init__(
-        self, rate: float | None, rate_per_chat: float | None, burst_per_chat: int
+        self,
+        rate: float | None,
+        rate_per_chat: float | None,
+        burst_per_chat: int,
+        concurrency: int = DEFAULT_SEND_CONCURRENCY,
     ) -> None:
+        self.in_flight = trio.CapacityLimiter(concurrency)
         self._global = TokenBucket(rate, max(1, int(rate))) if rate else None
         self._rate_per_chat = rate_per_chat
         self._burst_per_chat = burst_per_chat
