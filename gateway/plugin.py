@@ -279,7 +279,12 @@ class ChannelContext(Protocol):
 
 @runtime_checkable
 class Channel(Protocol):
-    """A messaging platform. See the module docstring for the life cycle."""
+    """A messaging platform. See the module docstring for the life cycle.
+
+    Optional: ``async def register_webhook(self, url: str) -> str`` tells the platform to post
+    updates to ``url`` (with the channel's webhook secret) and returns a one-line result; it
+    raises PluginError with the platform's reason. The admin UI offers "Register webhook" for a
+    running channel in webhook mode whose plugin has it (Telegram, Max)."""
 
     Config: ClassVar[type[ChannelConfig]]
 

@@ -111,6 +111,9 @@ class MaxChannel:
         if not self.config.register_webhook:
             self.log.info("max webhook: give Max the URL %s (register_webhook = false)", url)
             return
+        await self._subscribe(url)
+
+    async def _subscribe(self, url: str) -> None:
         if not url.startswith("https://"):
             self.log.warning("max webhook %s is not https; Max delivers only to HTTPS URLs", url)
         assert self.config.webhook_secret is not None  # the config refuses webhook mode without
@@ -121,6 +124,18 @@ class MaxChannel:
                 f"{self._where} could not subscribe the webhook {url}: {exc}"
             ) from exc
         self.log.info("max webhook subscribed at %s", url)
+
+    async def register_webhook(self, url: str) -> str:
+        """The admin UI's "Register webhook": ``POST /subscriptions`` with ``url`` and this
+        channel's webhook secret, as webhook mode does at start (also with register_webhook =
+        false). Returns what was done; PluginError says why Max refused or was not reached."""
+        if self.config.mode != "webhook":
+            raise PluginError(
+                f'{self._where} mode is "{self.config.mode}": set mode = "webhook" first'
+            )
+        async with self.api.session():
+            await self._subscribe(url)
+        return f"Max now posts this bot's updates to {url}"
 
     async def _remove_webhooks(self) -> None:
         """Max serves GET /updates only to a bot without a webhook subscription (405 else)."""

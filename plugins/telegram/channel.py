@@ -189,12 +189,35 @@ class TelegramChannel:
                 "Telegram can reach this gateway at"
             )
         url = f"{public_url.rstrip('/')}/webhooks/{quote(self.name, safe='')}"
-        secret = self.config.webhook_secret.reveal() if self.config.webhook_secret else None
-        await self._retrying(
-            "register the webhook (setWebhook)",
-            lambda: self._bot.set_webhook(url=url, secret_token=secret, drop_pending_updates=False),
-        )
+        await self._retrying("register the webhook (setWebhook)", lambda: self._set_webhook(url))
         self.log.info("telegram webhook registered at %s", url)
+
+    def _set_webhook(self, url: str) -> Any:
+        secret = self.config.webhook_secret.reveal() if self.config.webhook_secret else None
+        return self._bot.set_webhook(url=url, secret_token=secret, drop_pending_updates=False)
+
+    async def register_webhook(self, url: str) -> str:
+        """The admin UI's "Register webhook": one setWebhook call with ``url`` and this
+        channel's webhook secret, as webhook mode makes at start but without its retries.
+        Returns what was done; PluginError says why Telegram refused or could not be reached."""
+        where = f"[channels.{self.name}]"
+        if self.config.mode != "webhook":
+            raise PluginError(f'{where} mode is "{self.config.mode}": set mode = "webhook" first')
+        await self._request.initialize()
+        try:
+            await self._set_webhook(url)
+        except telegram.error.InvalidToken as exc:
+            raise PluginError(
+                f"{where} Telegram rejected the bot token; check the token reference"
+            ) from exc
+        except telegram.error.TelegramError as exc:
+            raise PluginError(f"{where} Telegram did not set the webhook: {exc.message}") from exc
+        finally:
+            if not self._running and not self._sends_in_flight:
+                with trio.CancelScope(shield=True):
+                    await self._request.shutdown()
+        self.log.info("telegram webhook registered at %s (admin UI)", url)
+        return f"Telegram now posts this bot's updates to {url}"
 
     async def _poll_forever(self) -> None:
         offset = await self._load_offset()

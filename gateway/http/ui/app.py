@@ -3,7 +3,8 @@
 Mounted on the admin bind by :mod:`gateway.http.mounts` (``blueprints(services)``), rebuilt with
 every admin app (start-up and each live reload): all state lives in the database and in
 ``services``. Pages: sign-in (password, TOTP or recovery code, enrolment), inbox and
-conversations, users, channels, agents and providers, audit log.
+conversations, users, channels, agents and providers (added, edited and removed through forms
+generated from their config models: gateway.http.ui.config_views), audit log.
 
 A feature adds pages with a :class:`Section` (the privacy desk)::
 
@@ -28,10 +29,12 @@ from typing import Any
 
 import quart
 from quart import Blueprint, g
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway.errors import StoreError
 from gateway.http.ui import (
     auth_views,
+    config_views,
     inbox_views,
     live,
     security,
@@ -91,7 +94,8 @@ def blueprints(services: Services, sections: Sequence[Section] = ()) -> list[Blu
     bp.app_context_processor(_context)
     bp.app_errorhandler(security.CsrfRefused)(_csrf_refused)
     bp.app_errorhandler(StoreError)(_store_unavailable)
-    for module in (auth_views, inbox_views, live, users_views, setup_views):
+    bp.app_errorhandler(RequestEntityTooLarge)(_too_large)
+    for module in (auth_views, inbox_views, live, users_views, setup_views, config_views):
         module.register(bp)
     return [bp, *(section.blueprint(services) for section in sections)]
 
@@ -139,6 +143,15 @@ async def _csrf_refused(exc: security.CsrfRefused) -> quart.Response:
         "This form expired or came from another site. Reload the page and try again.",
         403,
         "Form expired",
+    )
+
+
+async def _too_large(exc: RequestEntityTooLarge) -> quart.Response:
+    return await security.error_page(
+        f"That was more than the {MAX_FORM_BYTES // (1 << 20)} MiB a form may send here (a "
+        "knowledge file, a CSV import). Nothing was changed; split it into smaller files.",
+        413,
+        "Too large",
     )
 
 

@@ -59,6 +59,11 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "channels.view": STAFF,
     "channels.test": STAFF,
     "agents.view": STAFF,
+    # Add, edit and remove channels, providers and agents (gateway.http.ui.config_views): their
+    # secrets go into the vault and a save changes what runs, so never the agent or auditor.
+    "channels.edit": STAFF,
+    "providers.edit": STAFF,
+    "agents.edit": STAFF,
     "audit.view": DESK,
     "privacy.view": DESK,  # the privacy desk (data-subject requests, retention, transfers)
     "privacy.act": DESK,  # its actions (export, erase, restrict): each audited by the desk

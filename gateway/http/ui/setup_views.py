@@ -1,20 +1,24 @@
-"""Channels (status, webhook URL, test connection), agents and providers (read-only), and
+"""Channels (status, webhook URL, test connection, register webhook), agents and providers, and
 ``/audit`` (a redirect to the privacy desk's audit viewer). Values come from the running config;
-secrets show only where they are kept (``env:NAME``), never their value."""
+secrets show only where they are kept (``env:NAME``), never their value. Adding and editing
+them is gateway.http.ui.config_views."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 from urllib.parse import urlencode
 
 import quart
 import sqlite_utils
+import trio
 from pydantic import BaseModel
 from quart import Blueprint, request
 from quart_trio import QuartTrio
 
-from gateway import doctor
+from gateway import doctor, managed
+from gateway.errors import GatewayError
 from gateway.http.ui import security
 from gateway.http.ui.security import require, state
 from gateway.secretref import Secret
@@ -74,6 +78,11 @@ class ChannelStatus:
     last_error: str | None
     last_error_at: str | None
     settings: list[tuple[str, str, str]]
+    managed: bool
+    """Made in the admin UI (editable here), not written in the config file."""
+    can_register: bool
+    """The running plugin offers ``register_webhook``, the channel is in webhook mode and
+    ``[http] public_url`` is set."""
 
 
 def send_failures_txn(
@@ -103,6 +112,12 @@ async def channel_statuses() -> list[ChannelStatus]:
         polling = getattr(entry.config, "mode", None) == "polling"
         paths = public_paths(plugin) if plugin is not None and not polling else []
         base = config.http.public_url or "(set [http] public_url)"
+        can_register = (
+            hasattr(plugin, "register_webhook")
+            and getattr(entry.config, "mode", None) == "webhook"
+            and bool(config.http.public_url)
+            and bool(paths)
+        )
         failed, error, at = await services.store.read("channel failures", send_failures_txn, name)
         statuses.append(
             ChannelStatus(
@@ -117,9 +132,56 @@ async def channel_statuses() -> list[ChannelStatus]:
                 error,
                 at,
                 settings_of(entry.config, skip=("plugin",)),
+                managed.is_managed(config, "channels", name),
+                can_register,
             )
         )
     return statuses
+
+
+_DONE = re.compile(r"^(channel|agent|provider) [A-Za-z0-9_-]{1,64}$")
+
+
+def done_notice() -> tuple[str, str] | None:
+    """("saved" | "removed", "channel NAME") after a form of config_views redirected here."""
+    for key in ("saved", "removed"):
+        value = request.args.get(key, "")
+        if _DONE.match(value):
+            return key, value
+    return None
+
+
+async def register_webhook(name: str) -> tuple[bool, str]:
+    """Have the running channel register its webhook URL with the platform (audited)."""
+    services = state().services
+    slot = services.pipeline.channels.get(name)
+    plugin = slot.plugin if slot is not None else None
+    status = next((c for c in await channel_statuses() if c.name == name), None)
+    url = None
+    if plugin is None or status is None or not status.can_register:
+        ok, text = (
+            False,
+            (
+                "this channel cannot register a webhook here: it must be running, in webhook mode, "
+                "with [http] public_url set, and its plugin must offer it"
+            ),
+        )
+    else:
+        url = status.urls[0]
+        try:
+            with trio.fail_after(60):
+                result: str = await plugin.register_webhook(url)  # type: ignore[attr-defined]
+            ok, text = True, result
+        except (GatewayError, trio.TooSlowError) as exc:
+            ok = False
+            text = str(exc) or "the platform did not answer within 60 seconds; try again"
+    await security.audit_event(
+        "channel.register_webhook",
+        target=f"channel:{name}",
+        outcome="ok" if ok else "failed",
+        detail={"url": url, "result": text[:300]},
+    )
+    return ok, text
 
 
 def register(bp: Blueprint) -> None:
@@ -127,7 +189,7 @@ def register(bp: Blueprint) -> None:
     @require("channels.view")
     async def channels() -> Any:
         return await quart.render_template(
-            "ui/channels.html", channels=await channel_statuses(), checked=None
+            "ui/channels.html", channels=await channel_statuses(), checked=None, done=done_notice()
         )
 
     @bp.post("/channels/<name>/check")
@@ -149,6 +211,21 @@ def register(bp: Blueprint) -> None:
             "ui/channels.html", channels=await channel_statuses(), checked=(name, result)
         )
 
+    @bp.post("/channels/<name>/register-webhook")
+    @require("channels.edit")
+    async def register_channel_webhook(name: str) -> Any:
+        if name not in state().services.config.channels:
+            return await security.error_page(
+                f"There is no channel {name[:60]!r} in the running config.", 404, "No such channel"
+            )
+        ok, text = await register_webhook(name)
+        return await quart.render_template(
+            "ui/channels.html",
+            channels=await channel_statuses(),
+            checked=None,
+            registered=(name, ok, text),
+        )
+
     @bp.get("/agents")
     @require("agents.view")
     async def agents() -> Any:
@@ -164,6 +241,13 @@ def register(bp: Blueprint) -> None:
                 for name, entry in config.providers.items()
             ],
             local_only=config.local_only,
+            editable={
+                (kind, name)
+                for kind in ("agents", "providers")
+                for name in (config.agents if kind == "agents" else config.providers)
+                if managed.is_managed(config, kind, name)
+            },
+            done=done_notice(),
         )
 
     @bp.get("/audit")
