@@ -326,6 +326,7 @@ async def _run(
             services=services,
         )
         services.check_config = functools.partial(reloading.check, reloader)
+        services.registry = reloading.registry
         services.reload = functools.partial(
             reload_checked, reloader, reloading.registry, environ=reloading.environ
         )

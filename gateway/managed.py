@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
+from pydantic import BaseModel
 
 from gateway import vault
 from gateway.errors import ConfigError, GatewayError
@@ -153,10 +154,16 @@ async def save(
     *,
     actor: str,
     expect_version: int | None,
+    clear: Collection[str] = (),
 ) -> Changes:
     """Create or change a managed table (see the module doc). ``secrets`` are new plain values
-    by field; a secret field in neither ``table`` nor ``secrets`` keeps its stored value.
-    ``expect_version`` is the version the form was opened at (None: the table is new)."""
+    by field; a secret field in neither ``table`` nor ``secrets`` keeps its stored value, one
+    named in ``clear`` loses it (an optional secret removed). ``expect_version`` is the version
+    the form was opened at (None: the table is new).
+
+    Paths (``Path`` fields: a FAQ file, a CA file, a knowledge folder) must lie inside the data
+    directory or the config file's directory: an admin must not point the gateway at other files
+    the service can read (a FAQ "knowledge" file of /etc/... would answer with it)."""
     _check_kind(kind)
     if not vault._NAME_RE.match(name) or "." in name:
         raise ConfigError(
@@ -176,8 +183,10 @@ async def save(
     table = dict(table)
     if current is not None:
         for key, ref in _secret_refs(current.table).items():
-            if key not in table and key not in secrets:
+            if key not in table and key not in secrets and key not in clear:
                 table[key] = STORE_PREFIX + ref
+    for key in clear:
+        table.pop(key, None)
     new_secrets = {secret_name(kind, name, field): value for field, value in secrets.items()}
     for field in secrets:
         table[field] = STORE_PREFIX + secret_name(kind, name, field)
@@ -187,8 +196,9 @@ async def save(
         if ref.startswith(f"{kind}.{name}.") and ref not in _secret_refs(table).values()
     ]
     overlay = await services.store.read("managed overlay", _overlay_txn)
-    await _check(services, overlay.replace(kind, name, table, new_secrets))
-    detail = {"fields": sorted(table), "secrets_set": sorted(secrets)}
+    candidate = await _check(services, overlay.replace(kind, name, table, new_secrets))
+    _check_paths(candidate, kind, name, table)
+    detail = {"fields": sorted(table), "secrets_set": sorted(secrets), "cleared": sorted(clear)}
     await services.store.write(
         "managed save",
         _save_txn,
@@ -236,6 +246,30 @@ async def remove(
             "managed restore", _restore_txn, kind, name, current, actor, owned, previous
         )
         raise
+
+
+def _check_paths(config: GatewayConfig, kind: str, name: str, table: Mapping[str, Any]) -> None:
+    model: BaseModel
+    if kind == "channels":
+        model = config.channels[name].config
+    elif kind == "providers":
+        model = config.providers[name].config
+    else:
+        model = config.agents[name]
+    allowed = [config.data_dir.resolve(), config.config_dir.resolve()]
+    for key in table:
+        value = getattr(model, key, None)
+        if not isinstance(value, Path):
+            continue
+        path = (value if value.is_absolute() else config.config_dir / value).resolve()
+        if not any(path.is_relative_to(root) for root in allowed):
+            raise ConfigError(
+                f"{path} is outside the gateway's folders",
+                table=f"{kind}.{name}",
+                key=key,
+                fix=f"put the file in {allowed[0]} or {allowed[1]}, or set this in the config "
+                "file (paths set in the admin UI stay inside those folders)",
+            )
 
 
 def _names(config: GatewayConfig, kind: str) -> Mapping[str, Any]:

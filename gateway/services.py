@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from gateway.keys import MasterKey
     from gateway.managed import Overlay
     from gateway.pipeline.core import Pipeline
+    from gateway.plugin import Registry
     from gateway.reload import Changes
     from gateway.scheduler import Scheduler
     from gateway.store import Store
@@ -40,6 +41,8 @@ class Services:
     """Load the running config's file again with these admin-UI tables instead of the
     database's, raising ConfigError if the result is not valid (gateway.managed checks a change
     before writing it). None where nothing reloads (offline tools, some tests)."""
+    registry: Registry | None = None
+    """The plugins the running config was loaded with (the admin UI's forms offer them)."""
     reload: Callable[[], Awaitable[Changes]] | None = None
     """Reload live from the file and the database, as SIGHUP does; raises GatewayError with the
     reason if the new config is refused (the old one keeps running)."""

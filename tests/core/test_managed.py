@@ -5,6 +5,7 @@ load, checked before they are written, applied live, kept across a restart."""
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,6 +47,8 @@ class TokenChannel(FakeChannel):
     class Config(ChannelConfig):
         token: Secret
         account: str = "token-bot"
+        webhook_secret: Secret | None = None
+        ca_file: Path | None = None
 
     def __init__(self, name: str, config: Any, context: ChannelContext) -> None:
         super().__init__(name, config, context)
@@ -442,3 +445,64 @@ async def test_concurrent_saves_of_one_version_let_exactly_one_win(tmp_path, reg
         assert sorted(outcomes) == ["conflict", "saved"]
         row = await managed.get(services, "channels", "shop")
         assert row is not None and row.version == 1
+
+
+async def test_an_optional_secret_can_be_cleared_and_its_vault_entry_goes(tmp_path, registry):
+    async with open_gateway(BASE, registry, tmp_path) as gw:
+        services = gw.running.services
+        await managed.save(
+            services,
+            "channels",
+            "shop",
+            {"plugin": "token"},
+            {"token": TOKEN, "webhook_secret": "hook-secret"},
+            actor="u",
+            expect_version=None,
+        )
+        assert gw.channel("shop").config.webhook_secret.reveal() == "hook-secret"
+        await managed.save(
+            services,
+            "channels",
+            "shop",
+            {"plugin": "token"},
+            {},
+            actor="u",
+            expect_version=1,
+            clear=["webhook_secret"],
+        )
+        shop = gw.channel("shop")
+        assert shop.config.webhook_secret is None and shop.config.token.reveal() == TOKEN
+        conn = open_db(gw)
+        try:
+            assert [i.name for i in vault.list_secrets(conn)] == ["channels.shop.token"]
+        finally:
+            conn.close()
+
+
+async def test_paths_set_in_the_ui_stay_inside_the_gateways_folders(tmp_path, registry):
+    async with open_gateway(BASE, registry, tmp_path) as gw:
+        services = gw.running.services
+        for outside in ("/etc/passwd", "../../etc/passwd", str(tmp_path / "data/../../x")):
+            with pytest.raises(ConfigError) as caught:
+                await managed.save(
+                    services,
+                    "channels",
+                    "shop",
+                    {"plugin": "token", "ca_file": outside},
+                    {"token": TOKEN},
+                    actor="u",
+                    expect_version=None,
+                )
+            assert caught.value.key == "ca_file" and "outside" in caught.value.problem
+        assert await managed.get(services, "channels", "shop") is None
+        inside = tmp_path / "data" / "ca.pem"
+        await managed.save(
+            services,
+            "channels",
+            "shop",
+            {"plugin": "token", "ca_file": str(inside)},
+            {"token": TOKEN},
+            actor="u",
+            expect_version=None,
+        )
+        assert gw.channel("shop").config.ca_file == inside

@@ -353,3 +353,25 @@ async def test_a_form_without_its_csrf_token_is_refused_and_audited(ui: UI) -> N
         assert "This form expired" in await response.get_data(as_text=True)
     assert [e.action for e in await ui.audit("csrf.")] == ["csrf.refused", "csrf.refused"]
     assert "helper" not in ui.gw.running.services.config.agents
+
+
+async def test_an_optional_secret_is_removed_with_its_box(ui: UI) -> None:
+    _account, client = await owner(ui)
+    async with open_fake_telegram(TOKEN) as tg:
+        form = telegram_form(tg.api_base, webhook_secret="hook_secret-1")
+        response = await post(client, "/channels/new", form, from_page="/channels/new")
+        assert response.status_code == 303, await response.get_data(as_text=True)
+        config = ui.gw.running.services.config
+        assert config.channels["tg"].config.webhook_secret.reveal() == "hook_secret-1"  # type: ignore[attr-defined]
+        status, html = await page(client, "/channels/tg/edit")
+        assert 'name="webhook_secret.clear"' in html  # optional and stored
+        assert 'name="token.clear"' not in html  # required: replaced, never removed
+        edited = {**form, "token": "", "webhook_secret": "", "version": "1"}
+        edited["webhook_secret.clear"] = "on"
+        del edited["name"]
+        response = await post(client, "/channels/tg/edit", edited, from_page="/channels/tg/edit")
+        assert response.status_code == 303, await response.get_data(as_text=True)
+        config = ui.gw.running.services.config
+        assert config.channels["tg"].config.webhook_secret is None  # type: ignore[attr-defined]
+        assert config.channels["tg"].config.token.reveal() == TOKEN  # type: ignore[attr-defined]
+        assert await ui.sql("SELECT name FROM vault") == [("channels.tg.token",)]

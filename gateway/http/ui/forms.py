@@ -122,6 +122,8 @@ class Parsed:
     """What the form shows again after a refusal (secrets always blank)."""
     errors: dict[str, FieldError]
     """By field name; :data:`FORM_ERROR` for the form as a whole."""
+    clear: list[str] = dataclasses.field(default_factory=list)
+    """Optional secret fields whose stored value is to be removed (the "remove" box)."""
 
 
 # -- fields ----------------------------------------------------------------------------------
@@ -401,6 +403,8 @@ def parse_form(
             parsed.values[field.name] = ""
             if value:
                 parsed.secrets[field.name] = value
+            elif f"{field.name}.clear" in form and not field.required:
+                parsed.clear.append(field.name)
             elif field.required and field.name not in stored_secrets:
                 parsed.errors[field.name] = FieldError("required", "type or paste the value")
             continue
