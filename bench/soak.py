@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -40,6 +42,7 @@ import trio
 from _harness import Delivery, WebhookClient, drive, percentiles, print_json
 from load import TOKEN, TelegramSide, config_text, daemon_warnings, free_port, warm_up
 from load import Options as LoadOptions
+from memory import child_wrapper, heap_line, request_report, smaps_rollup
 
 from gateway.keys import DATABASE_FILE
 from gateway.testing.fake_openai import FakeOpenAIServer, open_fake_openai
@@ -66,6 +69,8 @@ class Options:
     warm_fraction: float = 0.1
     stall_timeout: float = 120.0
     data_root: Path | None = None
+    probe: bool = False
+    trace: bool = False
 
 
 class Tally:
@@ -162,6 +167,7 @@ async def run(options: Options, *, progress: Any = sys.stdout) -> dict[str, Any]
     """One soak run; returns its figures (see :func:`report`). Table rows go to ``progress``."""
     tally = Tally(options.messages)
     samples: list[Sample] = []
+    warm_at = options.warm_fraction * options.messages
     issued = 0
     with tempfile.TemporaryDirectory(prefix="gateway-soak-", dir=options.data_root) as tmp:
         tmpdir = Path(tmp)
@@ -175,7 +181,12 @@ async def run(options: Options, *, progress: Any = sys.stdout) -> dict[str, Any]
                 config_text(tmpdir / "data", side.channel_config(port), llm.base_url, port)
             )
             env = {**side.env, "OPENAI_API_KEY": "sk-soak"}
-            async with open_daemon_process(config, env, tmpdir / "daemon.log") as daemon:
+            report_file = tmpdir / "memory.json"
+            probe = options.probe or options.trace
+            wrapper = child_wrapper(report_file) if probe else ()
+            async with open_daemon_process(
+                config, env, tmpdir / "daemon.log", wrapper=wrapper
+            ) as daemon:
                 process, driver = psutil.Process(daemon.pid), psutil.Process()
                 client = WebhookClient(side.webhook_url())
                 load_options = LoadOptions(
@@ -207,9 +218,13 @@ async def run(options: Options, *, progress: Any = sys.stdout) -> dict[str, Any]
                 async def sampler() -> None:
                     print(HEADER, file=progress, flush=True)
                     last_row = take_sample()
+                    tracing = False
                     while True:
                         await trio.sleep(options.sample)  # a sampling period, not a wait
                         sample = take_sample()
+                        if options.trace and not tracing and sample.replies >= warm_at:
+                            os.kill(daemon.pid, signal.SIGUSR1)  # tracemalloc from now on
+                            tracing = True
                         if sample.seconds - last_row.seconds >= options.print_every - 1e-3:
                             window = sample.seconds - last_row.seconds
                             rate = (sample.replies - last_row.replies) / window
@@ -250,6 +265,8 @@ async def run(options: Options, *, progress: Any = sys.stdout) -> dict[str, Any]
                         await trio.sleep_forever()  # late duplicates arrive through the hook
                     nursery.cancel_scope.cancel()
                 take_sample()
+                composition = smaps_rollup(daemon.pid)
+                probed = await request_report(daemon, report_file) if probe else {}
                 cpu = sum(process.cpu_times()[:2]) - cpu_start
                 warnings = daemon_warnings(daemon.text())
                 await client.aclose()
@@ -257,7 +274,11 @@ async def run(options: Options, *, progress: Any = sys.stdout) -> dict[str, Any]
                 await daemon.wait()
             final_db_mib = _size_mib(database)
 
-    return summarize(options, samples, tally, end - start, cpu, warnings, final_db_mib, delivery)
+    result = summarize(options, samples, tally, end - start, cpu, warnings, final_db_mib, delivery)
+    result["rss_end_anon_mib"] = composition.get("Anonymous")
+    result["rss_end_file_mib"] = composition.get("File")
+    result["probe"] = probed
+    return result
 
 
 def summarize(
@@ -320,7 +341,8 @@ def report(result: dict[str, Any]) -> str:
         f"({result['replies']} replies in {result['seconds']:.0f} s)",
         f"{'RSS once warm':<24} {result['rss_warm_mib']:10.1f} MiB   "
         f"(at {result['rss_warm_at_replies']} replies)",
-        f"{'RSS at the end':<24} {result['rss_end_mib']:10.1f} MiB",
+        f"{'RSS at the end':<24} {result['rss_end_mib']:10.1f} MiB   (anonymous "
+        f"{result['rss_end_anon_mib'] or 0:.1f}, file-backed {result['rss_end_file_mib'] or 0:.1f})",
         f"{'RSS max':<24} {result['rss_max_mib']:10.1f} MiB   "
         f"(after warm-up {result['rss_max_steady_mib']:.1f}; target <= {STEADY_RSS_MIB:g})",
         f"{'RSS growth':<24} "
@@ -337,12 +359,44 @@ def report(result: dict[str, Any]) -> str:
         f"{'daemon CPU':<24} {result['daemon_cpu_s']:10.1f} s   (webhook retries "
         f"{result['webhook_refused']}, timeouts {result['webhook_timeouts']})",
     ]
+    probe = result["probe"]
+    if probe:
+        lines += [
+            f"{'at the end':<24} {heap_line(probe['heap'])}",
+            f"{'after gc.collect()':<24} {heap_line(probe['heap_after_gc'])}   "
+            f"({probe['gc_unreachable']} unreachable objects; {probe['modules']} modules)",
+            f"{'RSS after malloc_trim':<24} {probe['rss_after_trim_mib'] or 0:10.1f} MiB   "
+            f"(from {probe['rss_after_gc_mib']:.1f}: glibc's free pages handed back)",
+        ]
+    if probe:
+        made = ", ".join(
+            f"{name.rpartition('.')[2]} {n}" for name, n in probe["objects_since_start"][:8]
+        )
+        lines.append(f"{'objects since start':<24} {made}")
+    if probe and probe["trace_top"]:
+        lines.append("allocations made after warm-up and still live at the end (tracemalloc):")
+        for row in probe["trace_top"][:12]:
+            frames = [f for f in row["frames"] if "/site-packages/" not in f][-3:] or row["frames"][
+                -2:
+            ]
+            where = " < ".join(_short(f) for f in reversed(frames))
+            lines.append(f"  {row['kib']:9.1f} KiB {row['count']:7d} blocks  {where}")
     if result["unexpected"]:
         lines.append(f"{'unexpected replies':<24} {result['unexpected']:10d}")
     if result["daemon_warnings"]:
         lines.append(f"{'daemon warnings':<24} {result['daemon_warnings']:10d}   (first ones)")
         lines += [f"    {line[:200]}" for line in result["daemon_warning_sample"]]
     return "\n".join(lines)
+
+
+def _short(frame: str) -> str:
+    """A traceback frame's file relative to site-packages, the repository or the stdlib."""
+    for root in (str(Path(__file__).resolve().parents[1]) + "/", "/site-packages/"):
+        if root in frame:
+            return frame.split(root, 1)[1]
+    if "/lib/python3." in frame:
+        return frame.split("/lib/python3.", 1)[1].partition("/")[2]
+    return frame
 
 
 def ok(result: dict[str, Any]) -> bool:
@@ -388,6 +442,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="give up when no reply came for this long (the rest count as lost)",
     )
     parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="run the daemon under bench/memory.py's child: its heap (pymalloc, glibc, "
+        "SQLite) at the end, before and after a full garbage collection",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="--probe, and tracemalloc from warm-up on: the allocations still live at the end "
+        "by traceback (slows the daemon several times)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)
 
@@ -405,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         warm_fraction=args.warm_fraction,
         stall_timeout=args.stall_timeout,
         data_root=args.data_root,
+        probe=args.probe,
+        trace=args.trace,
     )
     result = trio.run(lambda: run(options, progress=sys.stderr if args.json else sys.stdout))
     if args.json:

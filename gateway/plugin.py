@@ -45,7 +45,8 @@ import datetime as dt
 import importlib.metadata
 import logging
 import os
-from collections.abc import Collection, Sequence
+import threading
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import httpx
@@ -330,53 +331,176 @@ class LLMProvider(Protocol):
         ...
 
 
-@dataclasses.dataclass(frozen=True)
 class PluginInfo:
-    """A plugin found through an entry point (or handed in by a test)."""
+    """A plugin found through an entry point (or handed in by a test).
 
-    kind: Literal["channel", "llm"]
-    name: str
-    cls: type[Any]
-    source: str
-    """Where it comes from: "sovereign-gateway 0.1.0 (plugins.telegram:TelegramChannel)"."""
+    ``cls`` imports the plugin's module on first access, so a registry lists every installed
+    plugin while the process pays only for the ones its config names. Equal when kind, name,
+    source and class are (a reload compares the entries of two configs)."""
+
+    __slots__ = ("_cls", "_entry_point", "kind", "name", "source")
+
+    def __init__(
+        self,
+        kind: Literal["channel", "llm"],
+        name: str,
+        cls: type[Any] | None = None,
+        source: str = "",
+        *,
+        entry_point: importlib.metadata.EntryPoint | None = None,
+    ) -> None:
+        if cls is None and entry_point is None:
+            raise TypeError("PluginInfo needs a class or an entry point")
+        self.kind = kind
+        self.name = name
+        self.source = source
+        """Where it comes from: "sovereign-gateway 0.1.0 (plugins.telegram:TelegramChannel)"."""
+        self._cls = cls
+        self._entry_point = entry_point
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the class has been imported."""
+        return self._cls is not None
+
+    @property
+    def cls(self) -> type[Any]:
+        """The plugin class, imported now if it was not yet (the import's error propagates)."""
+        if self._cls is None:
+            assert self._entry_point is not None
+            self._cls = self._entry_point.load()
+        return self._cls
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PluginInfo):
+            return NotImplemented
+        return (self.kind, self.name, self.source, self.cls) == (
+            other.kind,
+            other.name,
+            other.source,
+            other.cls,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.name, self.source))
+
+    def __repr__(self) -> str:
+        return f"PluginInfo({self.kind!r}, {self.name!r}, source={self.source!r})"
 
 
-@dataclasses.dataclass
+class PluginTable(Mapping[str, PluginInfo]):
+    """The plugins of one kind, by name. Looking one up (``table[name]``, ``in``, ``get``)
+    imports only that plugin; iterating or ``len`` imports them all, so a listing shows exactly
+    the plugins that load (those that fail move to :attr:`Registry.failures`)."""
+
+    def __init__(self, registry: Registry, kind: Literal["channel", "llm"]) -> None:
+        self._registry = registry
+        self._kind = kind
+        self._entries: dict[str, PluginInfo] = {}
+
+    def names(self) -> list[str]:
+        """The installed names, imported or not (nothing is imported)."""
+        return list(self._entries)
+
+    def __getitem__(self, name: str) -> PluginInfo:
+        info = self._entries[name]
+        if not info.loaded and not self._registry._load(self, info):
+            raise KeyError(name)
+        return info
+
+    def __iter__(self) -> Iterator[str]:
+        for info in list(self._entries.values()):
+            if not info.loaded:
+                self._registry._load(self, info)
+        return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"PluginTable({self._kind!r}, {self.names()!r})"
+
+
 class Registry:
-    """The plugins this process may use. Built by :func:`load_registry`, passed around."""
+    """The plugins this process may use. Built by :func:`load_registry`, passed around.
 
-    channels: dict[str, PluginInfo] = dataclasses.field(default_factory=dict)
-    providers: dict[str, PluginInfo] = dataclasses.field(default_factory=dict)
-    failures: dict[str, str] = dataclasses.field(default_factory=dict)
-    """Entry points that failed to import: "group:name" -> error text."""
+    ``channels`` and ``providers`` map names to :class:`PluginInfo`; a plugin's module is
+    imported when it is looked up (the config names it), not when the registry is built."""
+
+    def __init__(self) -> None:
+        self.channels = PluginTable(self, "channel")
+        self.providers = PluginTable(self, "llm")
+        self._failures: dict[str, str] = {}
+        self._lock = threading.RLock()
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Entry points that failed to import: "group:name" -> error text. Reading it imports
+        every plugin not imported yet (it is for listings: ``gateway plugins``)."""
+        for table in (self.channels, self.providers):
+            for _ in table:
+                pass
+        return self._failures
 
     def add(
         self, kind: Literal["channel", "llm"], name: str, cls: type[Any], source: str = ""
     ) -> None:
-        target = self.channels if kind == "channel" else self.providers
-        target[name] = PluginInfo(kind, name, cls, source or f"{cls.__module__}:{cls.__qualname__}")
+        source = source or f"{cls.__module__}:{cls.__qualname__}"
+        self._table(kind)._entries[name] = PluginInfo(kind, name, cls, source)
+
+    def add_entry_point(
+        self, kind: Literal["channel", "llm"], entry_point: importlib.metadata.EntryPoint
+    ) -> None:
+        """List a plugin without importing it (imported on first lookup)."""
+        ep = entry_point
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
+        info = PluginInfo(kind, ep.name, source=f"{dist} ({ep.value})", entry_point=ep)
+        self._table(kind)._entries[ep.name] = info
 
     def lookup(self, kind: Literal["channel", "llm"], name: str) -> PluginInfo:
-        table = self.channels if kind == "channel" else self.providers
-        if name in table:
-            return table[name]
-        group = CHANNEL_GROUP if kind == "channel" else LLM_GROUP
-        failed = self.failures.get(f"{group}:{name}")
+        table = self._table(kind)
+        info = table.get(name)
+        if info is not None:
+            return info
+        group = _group(kind)
+        failed = self._failures.get(f"{group}:{name}")
         if failed:
             raise PluginError(f"{kind} plugin {name!r} is installed but failed to load: {failed}")
-        known = ", ".join(sorted(table)) or "none"
+        known = ", ".join(sorted(table.names())) or "none"
         raise PluginError(
             f"unknown {kind} plugin {name!r}; installed: {known}. Install the package that "
             f"provides it (entry point group {group!r}) or fix the name"
         )
 
+    def _table(self, kind: Literal["channel", "llm"]) -> PluginTable:
+        return self.channels if kind == "channel" else self.providers
+
+    def _load(self, table: PluginTable, info: PluginInfo) -> bool:
+        """Import ``info``'s class; on failure record it and drop the entry. True if loaded."""
+        with self._lock:
+            if table._entries.get(info.name) is not info:
+                return False  # dropped (failed) by another thread meanwhile
+            try:
+                info.cls  # noqa: B018  (imports the module)
+            except Exception as exc:  # a broken third-party plugin must not stop the daemon
+                self._failures[f"{_group(info.kind)}:{info.name}"] = f"{type(exc).__name__}: {exc}"
+                del table._entries[info.name]
+                return False
+            return True
+
+
+def _group(kind: str) -> str:
+    return CHANNEL_GROUP if kind == "channel" else LLM_GROUP
+
 
 def load_registry(*, only: Collection[str] | None = None) -> Registry:
-    """Find plugins through entry points.
+    """Find plugins through entry points, without importing them.
 
-    ``only`` (or the ``GATEWAY_PLUGINS`` environment variable, comma-separated) limits which
-    plugin names load; a plugin that fails to import is recorded in ``failures`` rather than
-    stopping the daemon, so ``gateway plugins`` can show it.
+    A plugin's module is imported when the config names it (:meth:`Registry.lookup`), or when
+    a listing iterates the tables or reads ``failures`` (``gateway plugins``). ``only`` (or the
+    ``GATEWAY_PLUGINS`` environment variable, comma-separated) limits which plugin names are
+    listed; a plugin that fails to import is recorded in ``failures`` rather than stopping the
+    daemon, and naming it in the config gives that error.
     """
     if only is None and os.environ.get("GATEWAY_PLUGINS"):
         only = [p.strip() for p in os.environ["GATEWAY_PLUGINS"].split(",") if p.strip()]
@@ -385,11 +509,5 @@ def load_registry(*, only: Collection[str] | None = None) -> Registry:
         for ep in importlib.metadata.entry_points(group=group):
             if only is not None and ep.name not in only:
                 continue
-            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
-            try:
-                cls = ep.load()
-            except Exception as exc:  # a broken third-party plugin must not stop the daemon
-                registry.failures[f"{group}:{ep.name}"] = f"{type(exc).__name__}: {exc}"
-                continue
-            registry.add(kind, ep.name, cls, f"{dist} ({ep.value})")  # type: ignore[arg-type]
+            registry.add_entry_point(kind, ep)  # type: ignore[arg-type]
     return registry

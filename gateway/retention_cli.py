@@ -21,9 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from gateway.audit_cli import cli_actor
 from gateway.cli_db import open_database
@@ -86,6 +83,12 @@ def run(config: GatewayConfig, args: argparse.Namespace) -> int:
 
 
 def run_sweep(config: GatewayConfig, args: argparse.Namespace) -> int:
+    # rich here, not at the top: `gateway run` imports this module, and the daemon has no
+    # terminal to draw on (~2 MiB of memory it would keep).
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
     from gateway.cli_db import store_sealer
     from gateway.privacy.retention_sweep import ConnectionRunner, select_categories, sweep
 
@@ -139,6 +142,9 @@ def run_sweep(config: GatewayConfig, args: argparse.Namespace) -> int:
 
 
 def run_acts(config: GatewayConfig, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     with open_database(config) as db:
         if args.show is None:
             table = Table(title="retention acts (newest first)")
@@ -168,6 +174,9 @@ def run_acts(config: GatewayConfig, args: argparse.Namespace) -> int:
 
 
 def run_holds(config: GatewayConfig, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     with open_database(config) as db:
         conn = db.conn
         if args.holds_action == "list":

@@ -27,8 +27,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+from typing import TYPE_CHECKING
 
-import holidays
+if TYPE_CHECKING:
+    import holidays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +78,8 @@ FIRST_YEAR = 2025
 
 @functools.lru_cache(maxsize=16)
 def _year(year: int) -> holidays.HolidayBase:
+    import holidays  # here, not at the top: ~3 MiB a daemon pays only once a deadline is due
+
     return holidays.country_holidays("RU", years=year)
 
 
