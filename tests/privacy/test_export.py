@@ -62,7 +62,8 @@ def config(tmp_path):
     registry.add("llm", "fake", FakeProvider)
     path = tmp_path / "gateway.toml"
     path.write_text(CONFIG)
-    return load_config(path, registry)
+    # The store here is opened with a key of its own (open_db), not one the config can find.
+    return load_config(path, registry, managed="skip")
 
 
 def read_zip(path):
