@@ -69,11 +69,18 @@ def start_browser(profile: pathlib.Path, *, gpc: bool = False) -> Any:
 
 
 def wait(driver: Any, condition: Callable[[Any], Any], what: str) -> Any:
+    """Poll ``condition`` until it is truthy. An element that is not there yet, or that went
+    stale because the page was replaced between finding it and reading it (a form posted and
+    redirected), counts as "not yet" rather than failing the wait."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, STEP, poll_frequency=0.05).until(
-        condition, f"timed out waiting for {what}"
-    )
+    return WebDriverWait(
+        driver,
+        STEP,
+        poll_frequency=0.05,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    ).until(condition, f"timed out waiting for {what}")
 
 
 def chat_root(driver: Any) -> Any:
