@@ -11,7 +11,8 @@ would be a growing queue, not a leak).
 
 Every ``--sample`` seconds: the daemon's RSS (psutil), the sizes of ``gateway.db`` and its
 ``-wal`` file, replies so far and replies/s in the window; a table row every ``--print-every``
-seconds (to stderr with ``--json``). At the end: RSS once warm (at ``--warm-fraction`` of the
+seconds (its ``dup`` column counts duplicated and unexpected replies so far, so a run stopped
+early still says whether any reply went out twice) (to stderr with ``--json``). At the end: RSS once warm (at ``--warm-fraction`` of the
 run) and at the end, the maximum, growth per 100k messages (least-squares slope of RSS over
 replies after warm-up), the largest WAL, the final database size, lost and duplicated replies
 (must be 0; exit status 1 otherwise).
@@ -159,7 +160,7 @@ def slope_per_100k(samples: list[Sample]) -> float | None:
 
 HEADER = (
     f"{'time s':>8} {'replies':>9} {'replies/s':>9} {'RSS MiB':>8} {'WAL MiB':>8} "
-    f"{'DB MiB':>8} {'backlog':>7} {'ack p99 ms':>10}"
+    f"{'DB MiB':>8} {'backlog':>7} {'ack p99 ms':>10} {'dup':>5}"
 )
 
 
@@ -234,7 +235,7 @@ async def run(options: Options, *, progress: Any = sys.stdout) -> dict[str, Any]
                                 f"{sample.seconds:8.0f} {sample.replies:9d} {rate:9.1f} "
                                 f"{sample.rss_mib:8.1f} {sample.wal_mib:8.2f} "
                                 f"{sample.db_mib:8.1f} {issued - tally.answered:7d} "
-                                f"{ack_p99:10.1f}",
+                                f"{ack_p99:10.1f} {tally.duplicated + tally.unexpected:5d}",
                                 file=progress,
                                 flush=True,
                             )

@@ -137,3 +137,31 @@ async def test_kills_report() -> None:
     assert re.match(r"\d+ \(\d+ had reached Telegram\)", figure(report, "unknown-state replies"))
     assert re.match(r"mean [\d.]+ s, max [\d.]+ s", figure(report, "time per trial"))
     assert report.rstrip().endswith("OK")
+
+
+async def test_soak_probe_and_trace_report_where_the_memory_is() -> None:
+    args = ["--messages", "200", "--chats", "10", "--warmup", "5", "--backlog", "50"]
+    out = await bench("soak.py", "--trace", "--sample", "0.2", "--print-every", "0.4", *args)
+    assert figure(out, "lost").split()[0] == "0"
+    assert re.match(
+        r"pymalloc n/a \(tracemalloc on\), glibc heap [\d.]+ MiB", figure(out, "at the end")
+    )
+    assert re.match(r"[\d.]+ MiB", figure(out, "RSS after malloc_trim"))
+    assert "allocations made after warm-up and still live at the end (tracemalloc):" in out
+    result = json.loads(await bench("soak.py", "--json", "--probe", "--sample", "0.2", *args))
+    probe = result["probe"]
+    assert probe["heap"]["pymalloc_arenas"] > 0 and probe["heap_after_gc"]["sqlite"] > 0
+    assert probe["modules"] > 100 and probe["trace_top"] == []
+
+
+async def test_memory_breakdown_names_packages_and_their_importers() -> None:
+    report = json.loads(await bench("memory.py", "--json"))
+    assert report["rss_mib"] > report["start_rss_mib"] > 0
+    assert report["smaps"]["Anonymous"] > 0 and report["imports_mib"] > 0
+    packages = {row["package"]: row for row in report["packages"]}
+    assert "trio" in packages and packages["trio"]["mib"] >= 0
+    assert "gateway" in {row["module"].partition(".")[0] for row in report["own_modules"]}
+    assert report["heap_after_gc"]["sqlite_connections"] >= 1
+    text = await bench("memory.py", "--top", "5")
+    assert re.search(r"^RSS +[\d.]+ MiB +\(anonymous [\d.]+, file-backed [\d.]+", text, re.M)
+    assert "RSS added while importing, by top-level package (first 5" in text
