@@ -15,6 +15,7 @@ from gateway.services import Services
 
 
 def install(services: Services) -> None:
+    from gateway import heap
     from gateway.devapi import feature as devapi
     from gateway.http.ui import app as admin_ui
     from gateway.privacy import audit_jobs, dsr_daemon, record_jobs, retention
@@ -27,3 +28,4 @@ def install(services: Services) -> None:
     record_jobs.install(services)  # backups, incident reminders
     devapi.install(services)  # developer API: /start, /unsubscribe, code housekeeping
     admin_ui.install(services)  # admin UI: search indexer
+    heap.install(services)  # the C heap's free pages back to the system, every minute
