@@ -371,6 +371,18 @@ class PluginInfo:
             self._cls = self._entry_point.load()
         return self._cls
 
+    def docstrings(self) -> tuple[str, str] | None:
+        """The docstrings of the class and of its ``Config`` ('' where missing). Read from the
+        source while the class is not imported (:mod:`gateway.plugin_docs`); None when that
+        source cannot be followed."""
+        if self._cls is None:
+            from gateway import plugin_docs
+
+            assert self._entry_point is not None
+            return plugin_docs.docstrings(self._entry_point)
+        config = getattr(self._cls, "Config", None)
+        return self._cls.__doc__ or "", (config.__doc__ or "") if config else ""
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PluginInfo):
             return NotImplemented
@@ -401,6 +413,10 @@ class PluginTable(Mapping[str, PluginInfo]):
     def names(self) -> list[str]:
         """The installed names, imported or not (nothing is imported)."""
         return list(self._entries)
+
+    def unloaded(self, name: str) -> PluginInfo:
+        """The entry for ``name`` without importing it (KeyError if not installed)."""
+        return self._entries[name]
 
     def __getitem__(self, name: str) -> PluginInfo:
         info = self._entries[name]

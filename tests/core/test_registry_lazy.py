@@ -208,3 +208,56 @@ def test_store_connections_keep_small_page_caches(tmp_path: Path) -> None:
     finally:
         reader.conn.close()
         writer.conn.close()
+
+
+CHOOSER_PROBE = """\
+import json, sys
+from gateway.http.ui.config_views import plugin_doc
+from gateway.plugin import load_registry
+
+registry = load_registry()
+before = set(sys.modules)
+docs = {
+    name: plugin_doc(table.unloaded(name))
+    for table in (registry.channels, registry.providers)
+    for name in table.names()
+}
+print(json.dumps({"docs": docs, "imported": sorted(set(sys.modules) - before)}))
+"""
+
+
+def test_the_plugin_chooser_describes_plugins_without_importing_them(tmp_path: Path) -> None:
+    # The admin UI's "add a channel" page describes every installed plugin; importing them all
+    # for it would keep every platform's and vendor's SDK in the daemon (~8 MiB) from then on.
+    # Run from another folder: the editable install's finder, not the checkout on sys.path.
+    done = subprocess.run(
+        [sys.executable, "-c", CHOOSER_PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    seen = json.loads(done.stdout)
+    assert seen["imported"] == ["gateway.plugin_docs"]
+    from gateway.http.ui.config_views import plugin_doc
+
+    registry = load_registry()
+    for table, built_in in (
+        (registry.channels, BUILT_IN_CHANNELS),
+        (registry.providers, BUILT_IN_PROVIDERS),
+    ):
+        for name in built_in:
+            assert plugin_doc(table[name]) == seen["docs"][name] != "", name  # as imported
+    assert seen["docs"]["telegram"] == "A Telegram bot as a gateway channel."
+    # through a re-export (plugins/whatsapp/__init__.py) and `Config = WhatsAppConfig`
+    assert seen["docs"]["whatsapp"] == "One WhatsApp business phone number."
+
+
+def test_a_plugin_whose_source_cannot_be_read_is_listed_without_a_description(
+    broken_plugin: str,
+) -> None:
+    from gateway.http.ui.config_views import plugin_doc
+
+    registry = load_registry()
+    info = registry.channels.unloaded("brokenchat")
+    assert plugin_doc(info) == "" and not info.loaded  # the module raises; it is not run

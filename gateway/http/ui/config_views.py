@@ -97,9 +97,9 @@ def names_of(config: GatewayConfig, kind: str) -> Mapping[str, Any]:
     return tables[kind]
 
 
-def _doc(cls: type[Any]) -> str:
+def _doc(docstring: str) -> str:
     """The first paragraph of a docstring, without reST markup or cross-references."""
-    text = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+    text = " ".join(docstring.strip().split("\n\n")[0].split())
     sentences = [
         s for s in re.split(r"(?<=\.) ", text) if ":class:" not in s and "docstring" not in s
     ]
@@ -107,9 +107,14 @@ def _doc(cls: type[Any]) -> str:
 
 
 def plugin_doc(info: PluginInfo) -> str:
-    """What the plugin says about itself: its Config's doc, unless that only names the table."""
-    config_doc = _doc(info.cls.Config)
-    return _doc(info.cls) if not config_doc or config_doc.startswith("[") else config_doc
+    """What the plugin says about itself: its Config's doc, unless that only names the table.
+    Read from the source while the plugin is not imported, so the chooser does not load every
+    plugin into the daemon."""
+    docs = info.docstrings()
+    if docs is None:
+        return ""
+    class_doc, config_doc = _doc(docs[0]), _doc(docs[1])
+    return class_doc if not config_doc or config_doc.startswith("[") else config_doc
 
 
 def spec_for(kind: str, plugin: str | None, config: GatewayConfig) -> FormSpec:
@@ -240,13 +245,8 @@ async def not_found(kind: str, name: str) -> quart.Response:
 
 async def choose_plugin(kind: str) -> quart.Response:
     table = registry().channels if kind == "channels" else registry().providers
-    plugins = []
-    for name, info in table.items():
-        try:
-            plugins.append((name, plugin_doc(info)))
-        except Exception as exc:  # a plugin that fails to import is left out (and logged)
-            log.warning("admin UI: plugin %s cannot be loaded: %s", name, exc)
-    plugins.sort()
+    # Described from the source, not imported: a plugin is loaded once a form is opened for it.
+    plugins = sorted((name, plugin_doc(table.unloaded(name))) for name in table.names())
     return quart.Response(
         await quart.render_template(
             "ui/config_choose.html",
