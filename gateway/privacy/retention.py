@@ -320,3 +320,9 @@ def install(services: Any) -> None:
         functools.partial(scheduled_sweep, services),
         first_after=min(interval, 600.0),
     )
+
+
+def m018_record_sweep_runners(db: sqlite_utils.Database) -> None:
+    """Which process runs each act (``boot id:pid:start ticks``), so that the next sweep can
+    close an act whose process was killed instead of leaving it 'running' for ever."""
+    db.conn.execute("ALTER TABLE retention_acts ADD COLUMN runner TEXT")

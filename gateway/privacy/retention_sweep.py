@@ -15,8 +15,10 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import sqlite_utils
@@ -192,6 +194,93 @@ def _available_txn(db: sqlite_utils.Database, category: Category) -> str | None:
     return category.available(db.conn)
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22): a pid
+    reused by a later process has another."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]
+
+
+def runner_identity() -> str:
+    """This process, such that another process on this machine can tell whether it still runs:
+    ``boot id:pid:start ticks`` (Linux), ``:pid:`` elsewhere."""
+    pid = os.getpid()
+    return f"{_boot_id()}:{pid}:{_start_ticks(pid)}"
+
+
+def runner_alive(identity: str | None) -> bool:
+    """Whether the process that wrote ``identity`` still runs. False for another boot or
+    machine (a restored backup), a pid now someone else's, and acts from before runners were
+    recorded (m018: a restart, the upgrade's, came in between)."""
+    if not identity:
+        return False
+    boot, _, rest = identity.partition(":")
+    pid_text, _, ticks = rest.partition(":")
+    if boot != _boot_id() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if ticks or boot:
+        return _start_ticks(pid) == ticks
+    try:  # no /proc: the pid alone
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_txn(db: sqlite_utils.Database, actor: str) -> list[int]:
+    """Close the acts left 'running' by a process that is gone (killed, crashed, power cut):
+    state 'interrupted', with what they recorded before, and an audit entry each. Acts of a
+    sweep still running in another process (the CLI beside the daemon) are left alone."""
+    stale = [
+        (act_id, runner)
+        for act_id, runner in db.conn.execute(
+            "SELECT id, runner FROM retention_acts WHERE state = 'running' ORDER BY id"
+        )
+        if not runner_alive(runner)
+    ]
+    for act_id, runner in stale:
+        records, held = db.conn.execute(
+            "SELECT records, held FROM retention_acts WHERE id = ?", (act_id,)
+        ).fetchone()
+        last = audit.append_txn(
+            db,
+            actor=actor,
+            action="retention.sweep",
+            target=f"retention-act:{act_id}",
+            outcome="failed",
+            detail={
+                "state": "interrupted",
+                "records": records,
+                "held": held,
+                "reason": "the process running the sweep ended without finishing it "
+                f"(killed or crashed; it was {runner or 'an older version'})",
+            },
+        )
+        db.conn.execute(
+            "UPDATE retention_acts SET finished_at = ?, state = 'interrupted', "
+            "audit_last_id = ? WHERE id = ?",
+            (dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"), last, act_id),
+        )
+        log.warning(
+            "retention act #%d was left running by a process that is gone; marked interrupted",
+            act_id,
+        )
+    return [act_id for act_id, _ in stale]
+
+
 def _start_txn(
     db: sqlite_utils.Database,
     now: str,
@@ -202,10 +291,19 @@ def _start_txn(
     basis: str,
     names: list[str],
 ) -> tuple[int, int]:
+    reap_txn(db, actor)
     act_id = db.conn.execute(
         "INSERT INTO retention_acts (started_at, state, dry_run, actor, policy_version, policy, "
-        "legal_basis) VALUES (?, 'running', ?, ?, ?, ?, ?)",
-        (now, int(dry_run), actor, version, json.dumps(policy, sort_keys=True), basis),
+        "legal_basis, runner) VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
+        (
+            now,
+            int(dry_run),
+            actor,
+            version,
+            json.dumps(policy, sort_keys=True),
+            basis,
+            runner_identity(),
+        ),
     ).lastrowid
     assert act_id is not None
     audit_id = audit.append_txn(
@@ -241,6 +339,18 @@ def _category_txn(
         },
     )
     conn = db.conn
+    # Kept up to date category by category, so an act cut short (an exception, or the process
+    # killed and the act reaped by the next sweep) still says what went before it stopped.
+    conn.execute(
+        "UPDATE retention_acts SET categories = json_insert(categories, '$[#]', json(?)), "
+        "records = records + ?, held = held + ? WHERE id = ?",
+        (
+            json.dumps(result.to_json(), ensure_ascii=False),
+            result.records,
+            result.held,
+            act_id,
+        ),
+    )
     for subject, n in result.subjects.items():
         conn.execute(
             "INSERT INTO retention_act_subjects (act_id, category, subject, records) "

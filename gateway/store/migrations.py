@@ -340,3 +340,9 @@ migrations()(m016_create_admin_ui)
 from gateway.vault import m017_create_vault  # noqa: E402
 
 migrations()(m017_create_vault)
+
+
+# Retention acts record the process running them; a killed sweep's act is reaped (issue #9).
+from gateway.privacy.retention import m018_record_sweep_runners  # noqa: E402
+
+migrations()(m018_record_sweep_runners)

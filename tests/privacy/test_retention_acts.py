@@ -4,7 +4,10 @@ failing category, the [retention] config and its errors, and the scheduler job."
 from __future__ import annotations
 
 import collections
+import functools
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ import trio.testing
 from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.plugin import load_registry
-from gateway.privacy import acts, audit, retention
+from gateway.privacy import acts, audit, retention, retention_sweep
 from gateway.privacy.holds import add_hold_txn
 from gateway.privacy.retention import retention_config
 from gateway.privacy.retention_categories import (
@@ -356,3 +359,101 @@ def test_the_section_checks_channel_names_when_the_loader_passes_them():
         {"channels": {"shop": {"call_logs_days": 1}}}, context={"channels": {"shop"}}
     )
     assert ok.days("call_logs_days", "shop") == 1
+
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+KILLED_SWEEP = """\
+import sys, time
+from pathlib import Path
+
+import trio
+
+from gateway.privacy.retention_categories import Category, Rows, register_category
+from tests.privacy.test_retention import open_env
+
+
+def stuck(scope):
+    print("stuck", flush=True)  # message_content is done and recorded; now wait to be killed
+    time.sleep(3600)
+    return "1", []
+
+
+register_category(
+    Category(
+        name="stuck",
+        key="message_content_days",
+        title="Stuck",
+        action="deleted",
+        what="-",
+        rows=Rows("messages m", "m.id", stuck),
+        apply=lambda db, scope, ids: None,
+    )
+)
+
+
+async def main():
+    async with open_env(Path(sys.argv[1])) as env:
+        await env.sweep(only=["message_content", "stuck"])
+
+
+trio.run(main)
+"""
+
+
+async def test_an_act_left_running_by_a_killed_sweep_is_closed_by_the_next_one(env, tmp_path):
+    # A sweep from the command line beside the daemon, killed -9 half-way: its act must not say
+    # 'running' for ever, and what it removed before dying must stay on record.
+    await seed(env, days=100)
+    await env.execute(  # an act from before m018 recorded runners, left running
+        "INSERT INTO retention_acts (started_at, state, dry_run, actor, policy_version, policy, "
+        "legal_basis) VALUES ('2026-01-01T00:00:00+00:00', 'running', 0, 'cli:old', 'v', '{}', '')"
+    )
+    async with trio.open_nursery() as nursery:
+        child = await nursery.start(
+            functools.partial(
+                trio.run_process,
+                [sys.executable, "-c", KILLED_SWEEP, str(tmp_path)],
+                stdout=subprocess.PIPE,
+                cwd=REPOSITORY,
+                check=False,
+            )
+        )
+        assert child.stdout is not None
+        with trio.fail_after(60):
+            said = b""
+            while b"stuck" not in said:
+                chunk = await child.stdout.receive_some()
+                assert chunk, "the sweep process ended before it got stuck (see its stderr)"
+                said += chunk
+        (killed,) = await env.rows("SELECT id, runner FROM retention_acts WHERE actor = 'system'")
+        assert retention_sweep.runner_alive(killed[1])
+
+        # While it runs, another sweep leaves its act alone and closes only the orphan.
+        other = await env.sweep(only=["delivery_log"])
+        states = dict(await env.rows("SELECT id, state FROM retention_acts ORDER BY id"))
+        assert states == {1: "interrupted", killed[0]: "running", other.act_id: "done"}
+
+        child.kill()  # SIGKILL: no finally, no 'interrupted' written by the sweep itself
+        await child.wait()
+    assert not retention_sweep.runner_alive(killed[1])
+    last = await env.sweep(only=["delivery_log"])
+    row = await env.rows(
+        "SELECT state, finished_at IS NOT NULL, records, categories FROM retention_acts "
+        "WHERE id = ?",
+        killed[0],
+    )
+    state, finished, records, categories = row[0]
+    assert (state, finished, records) == ("interrupted", 1, 3)
+    assert [c["name"] for c in json.loads(categories)] == ["message_content"]
+    entries = await env.rows(
+        "SELECT actor, outcome, detail FROM audit_log WHERE action = 'retention.sweep' "
+        "AND target = ?",
+        f"retention-act:{killed[0]}",
+    )
+    ((actor, outcome, detail),) = entries
+    assert (actor, outcome) == ("system", "failed")
+    assert json.loads(detail)["state"] == "interrupted"
+    assert "ended without finishing it (killed or crashed" in json.loads(detail)["reason"]
+    document = await env.store.read("act", acts.load_act, killed[0])
+    assert document["act"]["state"] == "interrupted" and document["totals"]["records"] == 3
+    assert (await env.one("SELECT state FROM retention_acts WHERE id = ?", last.act_id)) == "done"
