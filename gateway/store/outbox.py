@@ -89,7 +89,10 @@ def next_outbox_txn(
         "SELECT o.id, o.idempotency_key, o.conversation_id, o.channel, o.account, o.thread_key, "
         "o.text, o.reply_to_external_id, o.attempts, o.message_id, "
         "coalesce(m.author, 'ai'), o.purpose, "
-        "(SELECT max(coalesce(i.platform_sent_at, i.created_at)) FROM messages i "
+        # The last inbound time, from the top of its own index (m019), not a walk through
+        # every message of the conversation.
+        "(SELECT max(coalesce(i.platform_sent_at, i.created_at)) "
+        " FROM messages i INDEXED BY messages_last_inbound "
         " WHERE i.conversation_id = o.conversation_id AND i.direction = 'in'), "
         "o.body, c.contact_id "
         # INDEXED BY: with outbox(conversation_id) also there (retention's), SQLite would walk

@@ -78,3 +78,43 @@ async def test_next_reply_lookup_does_not_scan_sent_replies(tmp_path):
         assert after <= before + 2, (before, after)
         opened, steps = await store.write("steps", steps_txn, open_conversations_txn)
         assert opened == [cid] and steps <= before + 2
+
+
+def add_messages_txn(db: sqlite_utils.Database, conversation_id: int, count: int) -> None:
+    """``count`` earlier messages in the conversation, inbound and outbound in turn: a chat
+    that has gone on for months."""
+    db.conn.execute(
+        "WITH RECURSIVE n(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM n WHERE value < ?) "
+        "INSERT INTO messages (conversation_id, direction, text, author, created_at) "
+        "SELECT ?, CASE value % 2 WHEN 0 THEN 'in' ELSE 'out' END, 'old', 'contact', "
+        "'2026-01-01T00:00:00.000000+00:00' FROM n",
+        (count, conversation_id),
+    )
+
+
+async def test_next_reply_lookup_does_not_walk_the_conversations_messages(tmp_path):
+    # The reply's "last inbound at" (24-hour windows) was a max over every message of the
+    # conversation: bench/soak.py's writer spent half its time there by 110k messages.
+    async with open_store(tmp_path / "g.db", KEY) as store:
+        await store.write("accept", accept_txn, [intake("1")], store.sealer)
+        (cid,) = await store.read("p", pending_conversations_txn)
+        work = await store.read("next", next_pending_txn, cid, 10, store.sealer)
+        await store.write("reply", commit_reply_txn, work, "answer", "ai", store.sealer)
+        first, before = await store.write("steps", steps_txn, next_outbox_txn, cid, store.sealer)
+        await store.write("history", add_messages_txn, cid, SENT)
+        item, after = await store.write("steps", steps_txn, next_outbox_txn, cid, store.sealer)
+        assert after <= before + 2, (before, after)
+        # Still the latest inbound time, even when a late delivery is stored after a newer one.
+        assert item is not None and first is not None
+        assert item.last_inbound_at == first.last_inbound_at
+        await store.write(
+            "late",
+            lambda db: db.conn.execute(
+                "UPDATE messages SET platform_sent_at = '2030-01-01T00:00:00+00:00' "
+                "WHERE id = (SELECT min(id) FROM messages WHERE conversation_id = ? "
+                "AND direction = 'in')",
+                (cid,),
+            ),
+        )
+        item = await store.read("next", next_outbox_txn, cid, store.sealer)
+        assert item is not None and item.last_inbound_at == "2030-01-01T00:00:00+00:00"
