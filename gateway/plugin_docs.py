@@ -32,7 +32,10 @@ def _spec(module: str) -> importlib.machinery.ModuleSpec | None:
     parts = module.split(".")
     # A top-level name is looked up by every finder (an editable install has its own) and
     # imports nothing; below it, the parent's folders are searched directly.
-    spec = importlib.util.find_spec(parts[0])
+    try:
+        spec = importlib.util.find_spec(parts[0])
+    except (ImportError, ValueError):  # ValueError: in sys.modules without a __spec__
+        return None
     for i in range(1, len(parts)):
         if spec is None or not spec.submodule_search_locations:
             return None
