@@ -115,8 +115,7 @@ def message_to_inbound(message: Mapping[str, Any], *, account: str) -> Inbound |
     if "message_thread_id" in message:
         metadata["message_thread_id"] = message["message_thread_id"]
 
-    date = message.get("date")
-    sent_at = dt.datetime.fromtimestamp(date, dt.UTC) if isinstance(date, int | float) else None
+    sent_at = _sent_at(message.get("date"))
     return Inbound(
         account=account,
         external_id=f"{chat['id']}:{message_id}",
@@ -207,3 +206,14 @@ def _caused_by(exc: BaseException, types: tuple[type[BaseException], ...]) -> bo
             return True
         cause = cause.__cause__
     return False
+
+
+def _sent_at(date: Any) -> dt.datetime | None:
+    """Telegram's ``date`` (unix seconds); None when missing or out of datetime's range (a
+    malformed update still delivers its text)."""
+    if not isinstance(date, int | float) or isinstance(date, bool):
+        return None
+    try:
+        return dt.datetime.fromtimestamp(date, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None

@@ -38,6 +38,16 @@ def test_private_text_message() -> None:
     assert inbound.metadata["chat_type"] == "private"
 
 
+@pytest.mark.parametrize("date", [-62135596801, 10**12, 1e300, float("nan"), True, "1718026800"])
+def test_date_out_of_range_or_not_a_number_keeps_the_message(date: Any) -> None:
+    # Hypothesis found "year 0 is out of range": a bad date must not cost the message.
+    update = payload("private_text")
+    update["message"]["date"] = date
+    inbound = update_to_inbound(update, account=ACCOUNT)
+    assert inbound is not None and inbound.text.startswith("Dzień dobry")
+    assert inbound.sent_at is None
+
+
 def test_external_id_ignores_update_id() -> None:
     """The same message under another update id (webhook, then polling) must dedupe."""
     first = payload("private_text")
