@@ -146,7 +146,10 @@ class AgentSet:
         store = self._store
 
         async def record(work: PendingWork, transfer: Transfer) -> None:
-            await store.write(
+            # Not waited for: the reply, or the next attempt's record, is queued after it and
+            # so commits in the same transaction or a later one; waiting here put one more
+            # writer round trip between the model's answer and the send (bench/README).
+            store.write_soon(
                 "record transfer",
                 record_transfer_txn,
                 work.conversation_id,

@@ -29,7 +29,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline.agent import Agent
 from gateway.pipeline.commands import CommandCall, Commands
 from gateway.pipeline.consent import Keywords
-from gateway.pipeline.lanes import Lanes
+from gateway.pipeline.lanes import LAST, Lanes, Progress
 from gateway.pipeline.ratelimit import DEFAULT_SEND_CONCURRENCY, SendLimiter
 from gateway.plugin import Accepted, Channel, ChannelConfig
 from gateway.store import Store
@@ -199,7 +199,7 @@ class Pipeline:
 
     # 2. answer -------------------------------------------------------------------------------
 
-    async def _answer(self, conversation_id: int) -> bool:
+    async def _answer(self, conversation_id: int) -> Progress:
         async with self._answer_limiter:
             # The history window is the largest any agent wants; each agent trims its own.
             window = max((a.config.history_turns for a in self.agents.values()), default=20)
@@ -227,16 +227,16 @@ class Pipeline:
                 return False
             last = work.history[-1].text if work.history else ""
             if await self._command(work, last):
-                return True
+                return _done(work.more)
             if slot is not None and await self._consent_keyword(slot, work, last):
-                return True
+                return _done(work.more)
             if work.restricted:
                 # Restricted processing (GDPR Art. 18): kept for people to read, no analysis,
                 # no suggestions, no model.
                 await self.store.write("close without reply", close_without_reply_txn, work)
                 self.counters["silent"] += 1
                 self.metrics.left_to_people(work.channel)
-                return True
+                return _done(work.more)
             analysis = agent.analyze(work)
             labels = analysis.to_json()
             if work.status != "open" or not work.ai_allowed:
@@ -257,7 +257,7 @@ class Pipeline:
                 )
                 self.counters["silent"] += 1
                 self.metrics.left_to_people(work.channel)
-                return True
+                return _done(work.more)
             reason = agent.handoff_reason(analysis)
             if reason is not None:
                 text = agent.handoff_text(dt.datetime.now(dt.UTC))
@@ -276,7 +276,7 @@ class Pipeline:
                 if outbox_id is not None:
                     self.metrics.replied(work.channel, "handoff")
                     self.deliveries.notify(conversation_id)
-                return True
+                return _done(work.more)
             text, author = await agent.answer(
                 work, slot.config.residency if slot is not None else None
             )
@@ -295,7 +295,7 @@ class Pipeline:
             if author == "fallback":
                 self.counters["fallbacks"] += 1
             self.deliveries.notify(conversation_id)
-        return True
+        return _done(work.more)
 
     async def _command(self, work: PendingWork, text: str) -> bool:
         """A chat command of a gateway feature (/mydata...) gets that feature's answer."""
@@ -420,7 +420,7 @@ class Pipeline:
 
     # 3. deliver ------------------------------------------------------------------------------
 
-    async def _deliver(self, conversation_id: int) -> bool:
+    async def _deliver(self, conversation_id: int) -> Progress:
         # Through the writer for the same reason as "next pending message" above.
         item: OutboxItem | None = await self.store.write(
             "next outbox row", next_outbox_txn, conversation_id, self.store.sealer
@@ -448,7 +448,7 @@ class Pipeline:
                 "queued)",
             )
             self.metrics.send(item.channel, "failed")
-            return True
+            return _done(item.more)
         outbound = Outbound(
             outbox_id=item.id,
             idempotency_key=item.idempotency_key,
@@ -478,7 +478,7 @@ class Pipeline:
             async with limiter.in_flight:
                 attempt = await self.store.write("claim outbox row", mark_sending_txn, item.id)
                 if attempt == 0:
-                    return True  # no longer pending (handled elsewhere)
+                    return True  # no longer pending (handled elsewhere): look again
                 failure: Exception | None = None
                 try:
                     result = await plugin.send(outbound)
@@ -502,7 +502,7 @@ class Pipeline:
                 self.metrics.send(item.channel, outcome)
                 if outcome != "retry":
                     self.counters["send_failed" if outcome == "failed" else "send_unknown"] += 1
-                    return True
+                    return _done(item.more)
                 self.counters["send_retries"] += 1
                 await trio.sleep(wait)
                 continue
@@ -520,7 +520,7 @@ class Pipeline:
                 )
                 self.counters["send_failed"] += 1
                 self.metrics.send(item.channel, "failed")
-                return True
+                return _done(item.more)
             await self._record_attempt(item.id, attempt, "sent", external_id=result.external_id)
             self.counters["sent"] += 1
             self.metrics.send(item.channel, "sent")
@@ -531,7 +531,7 @@ class Pipeline:
                 attempt,
                 extra={"attempt": attempt, "outcome": "sent"},
             )
-            return True
+            return _done(item.more)
 
     async def _record_attempt(
         self,
@@ -583,6 +583,11 @@ class Pipeline:
         if attempt - rate_limited >= MAX_SEND_ATTEMPTS:
             return "failed", 0.0
         return "retry", min(self._send_backoff * 2 ** (attempt - rate_limited - 1), 60.0)
+
+
+def _done(more: bool) -> Progress:
+    """A lane step's outcome once it handled its item: look again only if more was pending."""
+    return True if more else LAST
 
 
 def _journal_id(idempotency_key: str) -> int | None:

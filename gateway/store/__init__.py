@@ -17,6 +17,7 @@ from __future__ import annotations
 import gateway.store.db  # noqa: F401
 # isort: on
 
+import collections
 import contextlib
 import functools
 import logging
@@ -69,6 +70,11 @@ class Store:
         result: T = await self._writer.run(desc, fn, *args)
         return result
 
+    def write_soon(self, desc: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(db, *args)`` for the writer's next transaction and return at once; it
+        commits no later than any write queued after it (a failure is logged)."""
+        self._writer.submit(desc, fn, *args)
+
     async def read(self, desc: str, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(db, *args)`` on a reader connection (sees every committed write)."""
         return await trio.to_thread.run_sync(self._read_sync, fn, args, limiter=self._read_limiter)
@@ -113,6 +119,11 @@ class Store:
     @property
     def stats(self) -> dict[str, int]:
         return {"commits": self._writer.commits, "writes": self._writer.jobs}
+
+    @property
+    def writes_by_kind(self) -> collections.Counter[str]:
+        """Writer jobs run since start, by description ("accept inbound", "commit reply"...)."""
+        return self._writer.kinds
 
     def _close_readers(self) -> None:
         with self._lock:

@@ -174,6 +174,8 @@ class PendingWork:
     restricted: bool = False
     """The contact's processing is restricted (GDPR Art. 18): stored, never analysed or sent
     to a model."""
+    more: bool = True
+    """Another message of the conversation was pending behind this one when it was read."""
 
 
 def pending_conversations_txn(db: sqlite_utils.Database) -> list[int]:
@@ -227,6 +229,11 @@ def next_pending_txn(
     ).fetchone()
     if current is not None:
         turns.insert(0, current)
+    more = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM journal INDEXED BY journal_pending "
+        "WHERE conversation_id = ? AND state = 'pending' AND id > ?)",
+        (conversation_id, journal_id),
+    ).fetchone()[0]
     return PendingWork(
         journal_id=journal_id,
         conversation_id=conversation_id,
@@ -243,6 +250,7 @@ def next_pending_txn(
         ai_allowed=bool(ai),
         contact_id=contact_id,
         restricted=bool(restricted),
+        more=bool(more),
     )
 
 

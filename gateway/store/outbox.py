@@ -39,6 +39,8 @@ class OutboxItem:
     not to be sent."""
     refusal: str = ""
     """Why, when ``opted_out``."""
+    more: bool = True
+    """Another row of the conversation was pending behind this one when it was read."""
 
 
 def recover_outbox_txn(db: sqlite_utils.Database) -> list[int]:
@@ -105,7 +107,14 @@ def next_outbox_txn(
     if row is None:
         return None
     *fields, body, contact_id = row
+    more = conn.execute(
+        f"SELECT EXISTS (SELECT 1 FROM outbox INDEXED BY outbox_open WHERE conversation_id = ? "
+        f"AND {_OPEN} AND state = 'pending' AND id > ?)",
+        (conversation_id, fields[0]),
+    ).fetchone()[0]
     item = OutboxItem(*fields)
+    if not more:
+        item = dataclasses.replace(item, more=False)
     if body is not None:
         item = dataclasses.replace(item, text=open_text(sealer, conn, contact_id, item.text, body))
     if item.purpose == "notification":

@@ -243,3 +243,23 @@ async def test_message_without_text_gets_a_notice_not_a_model_call(tmp_path, fak
         (reply,) = await channel.wait_sent(1)
         assert reply.text.startswith("Sorry, I can only read text messages")
         assert gw.provider().requests == []
+
+
+async def test_a_message_takes_one_lookup_per_lane_and_no_empty_ones(tmp_path, fake_registry):
+    # Each lane reads "is there more?" with its item, so a lone message costs one "next pending
+    # message" and one "next outbox row", not a second look that finds nothing (a writer
+    # transaction each: bench/README "Where the time goes").
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        kinds = gw.running.store.writes_by_kind
+        for n, text in enumerate(("first", "second", "third"), start=1):
+            await channel.deliver("chat1", "alice", text)
+            await channel.wait_sent(n)
+            await gw.wait_idle()
+        assert kinds["next pending message"] == 3
+        assert kinds["next outbox row"] == 3
+        assert kinds["commit reply"] == 3 and kinds["claim outbox row"] == 3
+        # The transfer log is written without a round trip of its own, and still commits.
+        assert kinds["record transfer"] == 3
+        rows = await gw.running.store.read("t", lambda db: db["transfers"].count)
+        assert rows == 3

@@ -107,6 +107,43 @@ async def test_failing_job_rolls_back_alone(tmp_path):
         assert await store.read("n", lambda db: db["journal"].count) == 1
 
 
+async def test_lone_failing_job_rolls_back_without_savepoint(tmp_path):
+    # A batch of one runs without a savepoint: its failure rolls the whole transaction back,
+    # leaves none of its rows, and the writer goes on with the next job.
+    async with open_store(tmp_path / "g.db", KEY) as store:
+
+        def boom(db):
+            db.conn.execute("INSERT INTO channel_state VALUES ('x', 'y', 'z')")
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            await store.write("boom", boom)
+        assert await store.read("n", lambda db: db["channel_state"].count) == 0
+        await store.write("accept", accept_txn, [intake("1")], store.sealer)
+        assert await store.read("n", lambda db: db["journal"].count) == 1
+
+
+async def test_write_soon_commits_no_later_than_the_next_write(tmp_path, caplog):
+    # write_soon returns before its job runs; a write queued after it sees it committed, and
+    # a failing one is logged (nobody awaits it) without touching the writes around it.
+    async with open_store(tmp_path / "g.db", KEY) as store:
+
+        def put(db, value):
+            db.conn.execute("INSERT INTO channel_state VALUES ('soon', ?, 'v')", (value,))
+
+        def boom(db):
+            raise RuntimeError("soon-boom")
+
+        store.write_soon("put", put, "a")
+        store.write_soon("boom", boom)
+        seen = await store.write(
+            "count", lambda db: db.conn.execute("SELECT count(*) FROM channel_state").fetchone()[0]
+        )
+        assert seen == 1
+        assert await store.read("n", lambda db: db["channel_state"].count) == 1
+    assert "database write 'boom' failed: soon-boom" in caplog.text
+
+
 async def test_reply_is_idempotent_per_journal_entry(tmp_path):
     async with open_store(tmp_path / "g.db", KEY) as store:
         await store.write("accept", accept_txn, [intake("1"), intake("2")], store.sealer)
