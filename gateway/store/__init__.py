@@ -79,6 +79,18 @@ class Store:
         """Run ``fn(db, *args)`` on a reader connection (sees every committed write)."""
         return await trio.to_thread.run_sync(self._read_sync, fn, args, limiter=self._read_limiter)
 
+    def read_now(self, desc: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run a short ``fn(db, *args)`` on a reader connection in the calling thread: for the
+        event loop's own jobs, which must not hand the GIL to a worker thread. Raises
+        :class:`trio.WouldBlock` instead of waiting when every reader is taken (a key rotation
+        holds them all)."""
+        holder = object()
+        self._read_limiter.acquire_on_behalf_of_nowait(holder)
+        try:
+            return self._read_sync(fn, args)
+        finally:
+            self._read_limiter.release_on_behalf_of(holder)
+
     def _read_sync(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         # A pool rather than thread-locals: trio's worker threads come and go.
         with self._lock:

@@ -12,7 +12,9 @@ hold ``''`` for a sealed row; rows written before sealing existed keep their pla
 (``body`` NULL) until ``seal_legacy_txn`` converts them.
 
 Read text only through these functions: ``conversation_messages`` (a conversation's page),
-``contact_messages`` (everything of one contact: export), ``message_text`` (one row).
+``contact_messages`` (everything of one contact: export), ``message_text`` (one row),
+``open_text`` (a row the caller selected with its contact id, ``text`` and ``body``: the
+search indexer's batches).
 A body whose key was destroyed reads as :data:`SHREDDED`.
 """
 

@@ -3,11 +3,17 @@ forgotten on request; the query builder never lets input reach FTS5 syntax."""
 
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
 import sqlcipher3
+import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.store import search
+from gateway.store import READERS, search
 from gateway.store.search import SearchIndex, match_expression
 from tests.ui.conftest import UI, page
 
@@ -34,6 +40,17 @@ def indexed(index: SearchIndex) -> set[int]:
 def test_words_match_as_prefixes_and_operators_mean_nothing() -> None:
     assert match_expression('lisb "ship" OR NEAR(x)') == '"lisb"* "ship"* "OR"* "NEAR"* "x"*'
     assert match_expression("  ?! ") is None
+
+
+def test_adding_a_message_again_replaces_its_entry(tmp_path) -> None:
+    # Batches insert new ids directly; an id indexed before has its old words removed first.
+    index = SearchIndex(tmp_path, b"\x02" * 32)
+    at = "2030-01-01T00:00:00+00:00"
+    assert index.add_sync([(5, 1, 1, "parcel to Porto", at), (6, 1, 1, "invoice", at)]) == 2
+    assert index.add_sync([(5, 2, 1, "refund please", at), (7, 2, 1, "refund", at)]) == 2
+    assert index.search_sync("porto", 10) == []
+    assert sorted(index.search_sync("refund", 10)) == [(2, 7)]
+    assert index.search_sync("invoice", 10) == [(1, 6)]
 
 
 async def test_search_finds_conversations_and_forgets_a_contact(ui: UI) -> None:
@@ -98,6 +115,41 @@ async def test_indexer_job_and_prune(ui: UI) -> None:
     # The newest message goes too: entries above the newest remaining message are judged.
     await services.store.write("retention", lambda db: db.conn.execute("DELETE FROM messages"))
     assert await index.prune(services.store) == 1 and indexed(index) == set()
+
+
+async def test_indexer_in_the_event_loop_never_waits_for_a_lock(ui: UI) -> None:
+    # The job runs in the event loop: with the index's write lock held elsewhere (a search or
+    # an erasure on a worker thread, a CLI), it gives up at once (the busy timeout is 30 s)
+    # and the next run indexes; with every database reader taken (a key rotation), likewise.
+    services = ui.gw.running.services
+    index = SearchIndex.for_services(services)
+    index.last_indexed_sync()  # the file exists, in WAL mode
+    other = sqlcipher3.connect(str(index.path))
+    other.execute(f"PRAGMA key = \"x'{services.master.derive('search').hex()}'\"")
+    other.execute("BEGIN IMMEDIATE")
+    await ui.channel.deliver("t1", "u1", "parcel to Faro")
+    await ui.channel.wait_sent(1)
+    await ui.gw.wait_idle()
+    started = time.monotonic()
+    await search.index_job(services)
+    assert time.monotonic() - started < 5  # gave up, did not sit in the 30 s busy timeout
+    assert index.search_sync("faro", 10) == []  # (the scheduled runs gave up too)
+    other.execute("ROLLBACK")
+    other.close()
+
+    release = threading.Event()
+    async with trio.open_nursery() as nursery:
+        for _ in range(READERS):
+            nursery.start_soon(services.store.read, "hold", lambda db: release.wait(10))
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.WouldBlock):
+            services.store.read_now("t", lambda db: 1)
+        await search.index_job(services)  # returns quietly
+        release.set()
+
+    await search.index_job(services)
+    [[conversation]] = await ui.sql("SELECT DISTINCT conversation_id FROM messages")
+    assert [c for c, _m in index.search_sync("faro", 10)] == [conversation]
 
 
 async def test_an_index_ahead_of_a_restored_database_is_rebuilt(ui: UI) -> None:
