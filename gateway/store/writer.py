@@ -118,27 +118,21 @@ class Writer:
             started = time.perf_counter()
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                if len(batch) == 1:
-                    # Alone in its transaction, a job needs no savepoint: if it fails, the
-                    # transaction is rolled back instead. Under a paced load most batches hold
-                    # one job, and SAVEPOINT + RELEASE were a tenth of this thread's time
-                    # (py-spy, bench/README "Where the time goes").
-                    job = batch[0]
+                # Alone in its transaction, a job needs no savepoint: if it fails, the
+                # transaction is rolled back instead. Under a paced load most batches hold one
+                # job, and SAVEPOINT + RELEASE were a tenth of this thread's time (py-spy,
+                # bench/README "Where the time goes").
+                alone = len(batch) == 1
+                for job in batch:
+                    if not alone:
+                        conn.execute("SAVEPOINT job")
                     try:
                         job.result = job.fn(self._db, *job.args)
                     except Exception as exc:
                         job.error = exc
                         if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                else:
-                    for job in batch:
-                        conn.execute("SAVEPOINT job")
-                        try:
-                            job.result = job.fn(self._db, *job.args)
-                        except Exception as exc:
-                            job.error = exc
-                            if conn.in_transaction:
-                                conn.execute("ROLLBACK TO job")
+                            conn.execute("ROLLBACK" if alone else "ROLLBACK TO job")
+                    if not alone:
                         conn.execute("RELEASE job")
                 if conn.in_transaction:
                     conn.execute("COMMIT")

@@ -9,6 +9,16 @@ import trio.testing
 from gateway.pipeline.lanes import LAST, Lanes
 
 
+async def run_once(step) -> None:
+    """Notify key 1 on fresh lanes and return once they are idle again."""
+    lanes = Lanes("t", step)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lanes.run)
+        lanes.notify(1)
+        await lanes.wait_idle()
+        nursery.cancel_scope.cancel()
+
+
 async def test_last_ends_the_lane_without_one_more_step():
     calls: list[int] = []
 
@@ -16,13 +26,8 @@ async def test_last_ends_the_lane_without_one_more_step():
         calls.append(key)
         return LAST
 
-    lanes = Lanes("t", step)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lanes.run)
-        lanes.notify(7)
-        await lanes.wait_idle()
-        assert calls == [7]  # True would have meant a second, empty, step
-        nursery.cancel_scope.cancel()
+    await run_once(step)
+    assert calls == [1]  # True would have meant a second, empty, step
 
 
 async def test_true_looks_again_until_nothing_is_left():
@@ -37,13 +42,8 @@ async def test_true_looks_again_until_nothing_is_left():
         queue.pop(0)
         return True
 
-    lanes = Lanes("t", step)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lanes.run)
-        lanes.notify(1)
-        await lanes.wait_idle()
-        assert queue == [] and calls == 4
-        nursery.cancel_scope.cancel()
+    await run_once(step)
+    assert queue == [] and calls == 4
 
 
 async def test_work_notified_during_a_last_step_still_runs():
