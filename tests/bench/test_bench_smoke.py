@@ -112,6 +112,20 @@ async def test_json_output_is_one_object_with_the_figures() -> None:
     assert result["daemon_cpu_s"] > 0 and result["peak_rss_mib"] > 0
 
 
+async def test_latencies_file_has_every_measured_message_in_arrival_order(tmp_path) -> None:
+    csv = tmp_path / "lat.csv"
+    report = await bench(
+        "load.py", "--webhook", "--rate", "40", "--latencies", str(csv), *TINY_LOAD
+    )
+    assert_load_report(report, webhook=True)
+    header, *lines = csv.read_text().splitlines()
+    assert header == "due_unix_s,e2e_ms"
+    rows = [tuple(map(float, line.split(","))) for line in lines]
+    assert len(rows) == 20  # the measured messages, not the warm-up
+    assert [due for due, _ in rows] == sorted(due for due, _ in rows)
+    assert all(due > 1.7e9 and ms > 0 for due, ms in rows)
+
+
 async def test_soak_samples_memory_and_database_and_loses_nothing() -> None:
     args = ["--messages", "300", "--chats", "10", "--warmup", "5", "--backlog", "50"]
     result = json.loads(
