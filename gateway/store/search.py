@@ -44,6 +44,9 @@ log = logging.getLogger("gateway.search")
 
 T = TypeVar("T")
 
+SQLITE_BUSY = 5
+"""The primary result code of "database is locked" (extended codes add high bits)."""
+
 SEARCH_FILE = "search.db"
 BATCH = 500
 JOB_BATCH = 50
@@ -364,7 +367,7 @@ async def index_job(services: Services) -> None:
         log.debug("search index: the database readers are taken (a key rotation?); next run")
         return
     except DatabaseError as exc:
-        if "locked" not in str(exc) and "busy" not in str(exc):
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF != SQLITE_BUSY:
             raise
         log.debug("search index: %s (a search or an erasure is writing it); next run", exc)
         return
