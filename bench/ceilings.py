@@ -9,6 +9,9 @@
   synchronous=NORMAL, as gateway/store/db.py) into plain SQLite (stdlib sqlite3), into
   sqlcipher3 without a key, and into SQLCipher with a raw key (``PRAGMA key = "x'<hex>'"``):
   rows/s each and the ratio encrypted ÷ plain. Rounds interleave the three, median kept.
+  The same rows again without the UNIQUE key (plain and SQLCipher): an append-only table
+  writes a few pages per batch, the random key one index page per row, and SQLCipher's cost
+  is per page written, so the two ratios bound where encryption costs little and where most.
 - store: the gateway's ``Store.write`` (gateway.store.open_store: its writer thread with group
   commit and a savepoint per write) with many concurrent trio writers: acknowledged writes/s.
 
@@ -211,6 +214,8 @@ CREATE TABLE rows (
     received_at TEXT NOT NULL
 )
 """
+APPEND_SCHEMA = SCHEMA.replace(" UNIQUE", "")
+"""The same rows with no index but the rowid: appended, like the messages table's rows."""
 INSERT = (
     "INSERT INTO rows (dedupe_key, channel, conversation_id, text, received_at) "
     "VALUES (?, ?, ?, ?, ?)"
@@ -252,9 +257,15 @@ DATABASES: dict[str, tuple[str, Callable[[Path], Any]]] = {
     "sqlcipher": ("SQLCipher, raw key", connect_keyed),
 }
 
+APPEND_DATABASES = ("plain", "sqlcipher")
+
 
 def group_commit_inserts(
-    connect: Callable[[Path], Any], path: Path, rows: list[tuple[Any, ...]], batch: int
+    connect: Callable[[Path], Any],
+    path: Path,
+    rows: list[tuple[Any, ...]],
+    batch: int,
+    schema: str = SCHEMA,
 ) -> float:
     """Insert ``rows`` in transactions of ``batch``; rows/s from the first BEGIN to the last
     COMMIT. Runs on a worker thread, as the gateway's writer does."""
@@ -262,7 +273,7 @@ def group_commit_inserts(
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(SCHEMA)
+        conn.execute(schema)
         started = time.perf_counter()
         for first in range(0, len(rows), batch):
             conn.execute("BEGIN IMMEDIATE")
@@ -276,12 +287,20 @@ def group_commit_inserts(
 async def sqlite_ceiling(rows: int, batch: int, repeat: int, root: Path | None) -> dict[str, Any]:
     data = journal_rows(rows, secrets.token_hex(4))
     rates: dict[str, list[float]] = {name: [] for name in DATABASES}
+    append: dict[str, list[float]] = {name: [] for name in APPEND_DATABASES}
     with tempfile.TemporaryDirectory(prefix="gateway-ceiling-", dir=root) as tmp:
         for round_no in range(repeat):
             for name, (_, connect) in DATABASES.items():
                 path = Path(tmp) / f"{name}-{round_no}.db"
                 rates[name].append(
                     await trio.to_thread.run_sync(group_commit_inserts, connect, path, data, batch)
+                )
+            for name in APPEND_DATABASES:
+                path = Path(tmp) / f"{name}-append-{round_no}.db"
+                append[name].append(
+                    await trio.to_thread.run_sync(
+                        group_commit_inserts, DATABASES[name][1], path, data, batch, APPEND_SCHEMA
+                    )
                 )
     result: dict[str, Any] = {"rows": rows, "batch": batch, "repeat": repeat}
     for name, (label, _) in DATABASES.items():
@@ -292,6 +311,11 @@ async def sqlite_ceiling(rows: int, batch: int, repeat: int, root: Path | None) 
     result["ratio_sqlcipher_unkeyed"] = (
         result["sqlcipher"]["rows_per_s"] / result["unkeyed"]["rows_per_s"]
     )
+    medians = {name: statistics.median(append[name]) for name in APPEND_DATABASES}
+    result["append"] = {
+        **{f"{name}_rows_per_s": rate for name, rate in medians.items()},
+        "ratio_sqlcipher_plain": medians["sqlcipher"] / medians["plain"],
+    }
     return result
 
 
@@ -376,6 +400,13 @@ def report(result: dict[str, Any]) -> str:
             "   (target ≥ 0.80)",
             f"  ratio SQLCipher ÷ same SQLite unkeyed {sqlite['ratio_sqlcipher_unkeyed']:18.2f}"
             "   (the cost of encryption alone)",
+        ]
+        append = sqlite["append"]
+        lines += [
+            "the same rows without the UNIQUE key (append-only: a few pages per batch, not one per row)",
+            f"  {DATABASES['plain'][0]:<48} {append['plain_rows_per_s']:10.0f} rows/s",
+            f"  {DATABASES['sqlcipher'][0]:<48} {append['sqlcipher_rows_per_s']:10.0f} rows/s",
+            f"  ratio SQLCipher ÷ plain SQLite, append-only {append['ratio_sqlcipher_plain']:12.2f}",
         ]
     store = result.get("store")
     if store:

@@ -85,9 +85,10 @@ async def test_ceilings_report() -> None:
                 re.MULTILINE,
             )
         )
-        == 3
+        == 5  # three with the UNIQUE key, two append-only
     )
     assert re.match(r"[\d.]+ ", figure(report, "ratio SQLCipher ÷ plain SQLite"))
+    assert re.fullmatch(r"[\d.]+", figure(report, "ratio SQLCipher ÷ plain SQLite, append-only"))
     assert re.match(r"\d+ ", figure(report, "acknowledged writes/s"))
 
 
@@ -100,7 +101,8 @@ async def test_all_reports_ratios_for_both_webhooks() -> None:
         assert re.match(r"[\d.]+ ", figure(report, f"added latency p99 at half load, ms ({name})"))
         runs = re.findall(rf"^{mode}\s+0ms\s+(burst|[\d.]+/s)\s.*\s0\s+0\s", report, re.MULTILINE)
         assert len(runs) == 2, report  # a burst and a paced run at half its rate, 0 lost 0 dup
-    assert re.match(r"[\d.]+ ", figure(report, "SQLCipher ÷ plain SQLite (group-commit inserts)"))
+    for shape in ("random UNIQUE key", "append-only"):
+        assert re.match(r"[\d.]+ ", figure(report, f"SQLCipher ÷ plain SQLite (inserts, {shape})"))
 
 
 async def test_json_output_is_one_object_with_the_figures() -> None:
