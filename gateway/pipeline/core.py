@@ -60,9 +60,6 @@ log = logging.getLogger("gateway.pipeline")
 
 MAX_SEND_ATTEMPTS = 5
 MAX_RATE_LIMITED_WAITS = 20
-MAX_SEND_HINTS = 10_000
-"""Conversations remembered with a reply just queued (``Pipeline._send_hints``); past it the
-hints are forgotten, and those deliveries take one writer transaction more."""
 
 
 class ShuttingDown(StoreError):
@@ -97,9 +94,6 @@ class Pipeline:
         self._send_backoff = send_backoff
         self.answers = Lanes("answer", self._answer)
         self.deliveries = Lanes("deliver", self._deliver)
-        self._send_hints: dict[int, tuple[str, str]] = {}
-        """conversation id -> (channel, thread key) of a reply just queued for it, so that its
-        delivery can take the send slot first and read and claim the row in one transaction."""
         self.accepting = True
         self.commands = Commands()
         """Chat commands answered by gateway features (gateway.pipeline.commands)."""
@@ -281,7 +275,7 @@ class Pipeline:
                 self.counters["handoffs"] += 1
                 if outbox_id is not None:
                     self.metrics.replied(work.channel, "handoff")
-                    self._queued(work)
+                    self.deliveries.notify(conversation_id)
                 return _done(work.more)
             text, author = await agent.answer(
                 work, slot.config.residency if slot is not None else None
@@ -300,7 +294,7 @@ class Pipeline:
             self.counters["replies"] += 1
             if author == "fallback":
                 self.counters["fallbacks"] += 1
-            self._queued(work)
+            self.deliveries.notify(conversation_id)
         return _done(work.more)
 
     async def _command(self, work: PendingWork, text: str) -> bool:
@@ -341,7 +335,7 @@ class Pipeline:
             purpose="transactional",
         )
         if outbox_id is not None:
-            self._queued(work)
+            self.deliveries.notify(work.conversation_id)
         return True
 
     async def _consent_keyword(self, slot: ChannelSlot, work: PendingWork, text: str) -> bool:
@@ -373,7 +367,7 @@ class Pipeline:
             purpose="transactional",
         )
         if outbox_id is not None:
-            self._queued(work)
+            self.deliveries.notify(work.conversation_id)
         return True
 
     async def send_notification(
@@ -426,54 +420,21 @@ class Pipeline:
 
     # 3. deliver ------------------------------------------------------------------------------
 
-    def _queued(self, work: PendingWork) -> None:
-        """A reply to ``work`` is in the outbox: start its delivery, with a hint of where to."""
-        if len(self._send_hints) >= MAX_SEND_HINTS:
-            self._send_hints.clear()  # only a shortcut: without one a delivery takes two steps
-        self._send_hints[work.conversation_id] = (work.channel, work.thread_key)
-        self.deliveries.notify(work.conversation_id)
-
     async def _deliver(self, conversation_id: int) -> Progress:
-        # With a hint of the channel and thread (a reply just queued, or the row before this
-        # one), the send slot is taken first and the row read and claimed in one writer
-        # transaction; without, the row is read, then the slot taken, then the row claimed.
-        hint = self._send_hints.pop(conversation_id, None)
-        slot = _SendSlot()
-        try:
-            hinted = self.channels.get(hint[0]) if hint is not None else None
-            if hinted is not None and hinted.plugin is not None and hinted.limiter is not None:
-                assert hint is not None
-                await hinted.limiter.wait(hint[1])
-                await slot.take(hinted.limiter, hinted.plugin)
-            # Through the writer for the same reason as "next pending message" above.
-            item: OutboxItem | None = await self.store.write(
-                "next outbox row",
-                next_outbox_txn,
-                conversation_id,
-                self.store.sealer,
-                claim=hint if slot.held else None,
-            )
-            if item is None or not item.claimed:
-                slot.release()
-            if item is None:
-                return False
-            if item.more:
-                self._send_hints[conversation_id] = (item.channel, item.thread_key)
-            return await self._deliver_item(item, slot)
-        finally:
-            slot.release()  # a no-op once the send has released it
-
-    async def _deliver_item(self, item: OutboxItem, slot: _SendSlot) -> Progress:
-        """Send ``item``; ``slot`` holds its send slot if the row was claimed with the read."""
-        conversation_id = item.conversation_id
+        # Through the writer for the same reason as "next pending message" above.
+        item: OutboxItem | None = await self.store.write(
+            "next outbox row", next_outbox_txn, conversation_id, self.store.sealer
+        )
+        if item is None:
+            return False
         log_context(
             channel=item.channel,
             conversation=conversation_id,
             journal=_journal_id(item.idempotency_key),
             outbox=item.id,
         )
-        running = self.channels.get(item.channel)
-        if not slot.held and (running is None or running.plugin is None or running.limiter is None):
+        slot = self.channels.get(item.channel)
+        if slot is None or slot.plugin is None or slot.limiter is None:
             log.warning("channel %r is not running; outbox %d waits", item.channel, item.id)
             return False
         if item.opted_out:
@@ -504,35 +465,25 @@ class Pipeline:
         )
         rate_limited = 0
         while True:
-            failure: Exception | None = None
-            if slot.plugin is not None:
-                # Claimed with the read, its send slot already held: send at once.
-                attempt = item.claimed
+            # Looked up again for every attempt: a reload may have replaced the channel.
+            current = self.channels.get(item.channel)
+            plugin = current.plugin if current is not None else None
+            limiter = current.limiter if current is not None else None
+            if plugin is None or limiter is None:
+                log.warning("channel %r stopped; outbox %d waits", item.channel, item.id)
+                return False
+            await limiter.wait(item.thread_key)
+            # Claimed only once a send slot is free: a row marked 'sending' is one whose
+            # request may be out (recovery treats it so), never one still waiting here.
+            async with limiter.in_flight:
+                attempt = await self.store.write("claim outbox row", mark_sending_txn, item.id)
+                if attempt == 0:
+                    return True  # no longer pending (handled elsewhere): look again
+                failure: Exception | None = None
                 try:
-                    result = await slot.plugin.send(outbound)
+                    result = await plugin.send(outbound)
                 except Exception as error:
                     failure = error
-                finally:
-                    slot.release()
-            else:
-                # Looked up again for every attempt: a reload may have replaced the channel.
-                current = self.channels.get(item.channel)
-                found = current.plugin if current is not None else None
-                waits = current.limiter if current is not None else None
-                if found is None or waits is None:
-                    log.warning("channel %r stopped; outbox %d waits", item.channel, item.id)
-                    return False
-                await waits.wait(item.thread_key)
-                # Claimed only once a send slot is free: a row marked 'sending' is one whose
-                # request may be out (recovery treats it so), never one still waiting here.
-                async with waits.in_flight:
-                    attempt = await self.store.write("claim outbox row", mark_sending_txn, item.id)
-                    if attempt == 0:
-                        return True  # no longer pending (handled elsewhere): look again
-                    try:
-                        result = await found.send(outbound)
-                    except Exception as error:
-                        failure = error
             if isinstance(failure, SendError):
                 outcome, wait = self._classify(failure, attempt, rate_limited)
                 if failure.retry_after is not None:
@@ -632,27 +583,6 @@ class Pipeline:
         if attempt - rate_limited >= MAX_SEND_ATTEMPTS:
             return "failed", 0.0
         return "retry", min(self._send_backoff * 2 ** (attempt - rate_limited - 1), 60.0)
-
-
-class _SendSlot:
-    """A channel's send slot taken before its outbox row was read; released at most once."""
-
-    def __init__(self) -> None:
-        self.limiter: SendLimiter | None = None
-        self.plugin: Channel | None = None
-
-    @property
-    def held(self) -> bool:
-        return self.limiter is not None
-
-    async def take(self, limiter: SendLimiter, plugin: Channel) -> None:
-        await limiter.in_flight.acquire()
-        self.limiter, self.plugin = limiter, plugin
-
-    def release(self) -> None:
-        if self.limiter is not None:
-            self.limiter.in_flight.release()
-        self.limiter = self.plugin = None
 
 
 def _done(more: bool) -> Progress:

@@ -41,9 +41,6 @@ class OutboxItem:
     """Why, when ``opted_out``."""
     more: bool = True
     """Another row of the conversation was pending behind this one when it was read."""
-    claimed: int = 0
-    """The attempt number when the row was claimed ('sending') by the transaction that read it
-    (``next_outbox_txn(claim=...)``); 0 when it was only read."""
 
 
 def recover_outbox_txn(db: sqlite_utils.Database) -> list[int]:
@@ -85,15 +82,8 @@ def open_conversations_txn(db: sqlite_utils.Database) -> list[int]:
 
 
 def next_outbox_txn(
-    db: sqlite_utils.Database,
-    conversation_id: int,
-    sealer: Sealer,
-    claim: tuple[str, str] | None = None,
+    db: sqlite_utils.Database, conversation_id: int, sealer: Sealer
 ) -> OutboxItem | None:
-    """The conversation's oldest pending row. With ``claim`` (channel, thread key), whose send
-    slot the caller already holds: also claim the row for its first attempt, as
-    :func:`mark_sending_txn` would, if it is for that channel and thread and may be sent, and
-    say so in ``claimed``; one transaction instead of two before a send."""
     from gateway.store.records import notification_refusal
 
     conn = db.conn
@@ -131,8 +121,6 @@ def next_outbox_txn(
         refusal = notification_refusal(conn, conversation_id)
         if refusal is not None:
             item = dataclasses.replace(item, opted_out=True, refusal=refusal)
-    if claim is not None and not item.opted_out and claim == (item.channel, item.thread_key):
-        item = dataclasses.replace(item, claimed=mark_sending_txn(db, item.id))
     return item
 
 

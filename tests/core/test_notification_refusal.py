@@ -67,13 +67,3 @@ async def test_a_restricted_contact_gets_no_notification(tmp_path):
             await store.write("n", queue_notification_txn, "tg", "acc", "t1", "x", "n2", sealer)
         item = await store.read("o", next_outbox_txn, acc.conversation_id, sealer)
         assert item.opted_out and "GDPR Art. 18" in item.refusal
-        # Read with a claim (the delivery lane holding a send slot): a refused row is not
-        # claimed for sending; it stays pending for the lane to record as failed.
-        item = await store.write(
-            "o", next_outbox_txn, acc.conversation_id, sealer, claim=("tg", "t1")
-        )
-        assert item.opted_out and item.claimed == 0
-        state = await store.read(
-            "s", lambda db: db.execute("SELECT state, attempts FROM outbox").fetchone()
-        )
-        assert state == ("pending", 0)

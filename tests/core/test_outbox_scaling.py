@@ -118,29 +118,3 @@ async def test_next_reply_lookup_does_not_walk_the_conversations_messages(tmp_pa
         )
         item = await store.read("next", next_outbox_txn, cid, store.sealer)
         assert item is not None and item.last_inbound_at == "2030-01-01T00:00:00+00:00"
-
-
-async def test_a_row_is_claimed_with_its_read_only_for_the_channel_and_thread_claimed(tmp_path):
-    # The delivery lane takes a send slot for a (channel, thread) before reading: the row is
-    # claimed in the same transaction only if it is for them, as mark_sending_txn would claim it.
-    async with open_store(tmp_path / "g.db", KEY) as store:
-        await store.write("accept", accept_txn, [intake("1")], store.sealer)
-        (cid,) = await store.read("p", pending_conversations_txn)
-        work = await store.read("next", next_pending_txn, cid, 10, store.sealer)
-        await store.write("reply", commit_reply_txn, work, "hello", "ai", store.sealer)
-
-        def row(db: sqlite_utils.Database) -> tuple[str, int]:
-            return tuple(db.execute("SELECT state, attempts FROM outbox").fetchone())  # type: ignore[return-value]
-
-        for other in (("tg", "chat2"), ("sms", "chat1")):
-            item = await store.write("o", next_outbox_txn, cid, store.sealer, claim=other)
-            assert item is not None and item.claimed == 0
-            assert await store.read("r", row) == ("pending", 0)
-        item = await store.write("o", next_outbox_txn, cid, store.sealer, claim=("tg", "chat1"))
-        assert item is not None and item.claimed == 1 and not item.more
-        assert await store.read("r", row) == ("sending", 1)
-        # Claimed, it is no longer the conversation's next pending row.
-        assert (
-            await store.write("o", next_outbox_txn, cid, store.sealer, claim=("tg", "chat1"))
-            is None
-        )
