@@ -145,10 +145,14 @@ class Delivery:
         """Answers other than 2xx (each re-sent after :data:`RETRY_DELAY`)."""
         self.timeouts = 0
         """Requests that got no answer within the client's timeout (re-sent, as platforms do)."""
+        self.first_post: float | None = None
+        self.last_ack: float | None = None
 
     async def post_until_accepted(self, post: Callable[[], Awaitable[int]]) -> None:
         """Send until a 2xx, as Telegram and Meta do; record the time from the first attempt."""
         started = time.perf_counter()
+        if self.first_post is None:
+            self.first_post = started
         while True:
             try:
                 status = await post()
@@ -160,11 +164,20 @@ class Delivery:
             self.refused += 1
             # A real retry delay, not a wait for something to happen.
             await trio.sleep(RETRY_DELAY)
-        self.acks_ms.append((time.perf_counter() - started) * 1000)
+        self.last_ack = time.perf_counter()
+        self.acks_ms.append((self.last_ack - started) * 1000)
 
     def figures(self) -> dict[str, Any]:
+        span = (
+            self.last_ack - self.first_post
+            if self.first_post is not None and self.last_ack is not None
+            else 0.0
+        )
         return {
             "ack_ms": percentiles(self.acks_ms),
+            # Acknowledged (journal committed) webhooks per second, first POST to last 2xx:
+            # in a burst, how fast the gateway takes messages in while it also answers them.
+            "acks_per_s": len(self.acks_ms) / span if span > 0 else 0.0,
             "refused": self.refused,
             "timeouts": self.timeouts,
         }

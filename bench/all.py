@@ -105,6 +105,15 @@ def ratios(report: dict[str, Any]) -> list[dict[str, Any]]:
                         "higher_is_better": True,
                     }
                 )
+            if run.get("acks_per_s") and "asgi" in webhook:
+                out.append(
+                    {
+                        "name": f"webhook acks/s ÷ asgi webhook ceiling ({name})",
+                        "value": run["acks_per_s"] / webhook["asgi"]["requests_per_s"],
+                        "target": None,
+                        "higher_is_better": True,
+                    }
+                )
         if run["rate"] is not None and run["added_ms"]:
             out.append(
                 {

@@ -410,6 +410,10 @@ def report(result: dict[str, Any]) -> str:
     if "ack_ms" in result:
         lines.append(latency_line("webhook ack", result["ack_ms"]))
         lines.append(
+            f"{'webhook acks/s':<22} {result['acks_per_s']:10.1f}   "
+            "(committed and acknowledged, first POST to last 2xx)"
+        )
+        lines.append(
             f"{'webhook retries':<22} {result['refused']:10d}   "
             f"(refused; {result['timeouts']} timed out)"
         )

@@ -53,6 +53,7 @@ def assert_load_report(report: str, *, webhook: bool) -> None:
     assert re.match(r"[\d.]+ MiB", figure(report, "peak RSS"))
     if webhook:
         assert re.fullmatch(PERCENTILES, figure(report, "webhook ack"))
+        assert float(figure(report, "webhook acks/s").split()[0]) > 0
 
 
 async def test_polling_report() -> None:
@@ -99,6 +100,9 @@ async def test_all_reports_ratios_for_both_webhooks() -> None:
         name = f"{mode}, model 0 ms"
         assert re.match(r"[\d.]+ ", figure(report, f"replies/s ÷ asgi webhook ceiling ({name})"))
         assert re.match(r"[\d.]+ ", figure(report, f"added latency p99 at half load, ms ({name})"))
+        assert re.match(
+            r"[\d.]+", figure(report, f"webhook acks/s ÷ asgi webhook ceiling ({name})")
+        )
         runs = re.findall(rf"^{mode}\s+0ms\s+(burst|[\d.]+/s)\s.*\s0\s+0\s", report, re.MULTILINE)
         assert len(runs) == 2, report  # a burst and a paced run at half its rate, 0 lost 0 dup
     for shape in ("random UNIQUE key", "append-only"):
