@@ -134,9 +134,10 @@ def ratios(report: dict[str, Any]) -> list[dict[str, Any]]:
         )
         out.append(
             {
+                # Shown next to it, not judged: the journal's rows are the ones with the key.
                 "name": "SQLCipher ÷ plain SQLite (inserts, append-only)",
                 "value": ceilings["sqlite"]["append"]["ratio_sqlcipher_plain"],
-                "target": TARGET_ENCRYPTED,
+                "target": None,
                 "higher_is_better": True,
             }
         )
