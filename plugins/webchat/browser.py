@@ -72,15 +72,31 @@ def wait(driver: Any, condition: Callable[[Any], Any], what: str) -> Any:
     """Poll ``condition`` until it is truthy. An element that is not there yet, or that went
     stale because the page was replaced between finding it and reading it (a form posted and
     redirected), counts as "not yet" rather than failing the wait."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
+
+    def polled(d: Any) -> Any:
+        try:
+            return condition(d)
+        except WebDriverException as exc:
+            # Chrome reports an element that went stale *during* a command (the page was
+            # replaced between resolving the node and reading its text) as a plain
+            # WebDriverException "unhandled inspector error: ... Node with given id does not
+            # belong to the document" rather than StaleElementReferenceException (seen in CI).
+            if "does not belong to the document" in (exc.msg or ""):
+                return False
+            raise
 
     return WebDriverWait(
         driver,
         STEP,
         poll_frequency=0.05,
         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-    ).until(condition, f"timed out waiting for {what}")
+    ).until(polled, f"timed out waiting for {what}")
 
 
 def chat_root(driver: Any) -> Any:
