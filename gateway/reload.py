@@ -39,7 +39,7 @@ from gateway.config import EMBEDDED, AgentConfig, GatewayConfig, load_config
 from gateway.errors import GatewayError, StoreError
 from gateway.http.admin import make_admin_app
 from gateway.http.mounts import admin_blueprints, public_blueprints
-from gateway.http.public import make_public_app
+from gateway.http.public import PublicApp, make_public_app
 from gateway.http.swap import SwappableApp
 from gateway.logs import RedactSecrets, collect_secrets
 from gateway.outbound import AllowlistResolver
@@ -245,7 +245,7 @@ class Reloader:
         self.public_app = SwappableApp(make_public_app({}))
         self.admin_app = SwappableApp(self._admin_app(config))
 
-    def _public_app(self) -> QuartTrio:
+    def _public_app(self) -> PublicApp:
         extra = public_blueprints(self.services) if self.services is not None else []
         return make_public_app(self.plugins, extra)
 

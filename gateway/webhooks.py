@@ -14,6 +14,17 @@
 Each raises :class:`WebhookRefused` with an HTTP status and a short reason safe to send back;
 :func:`refusal` turns it into a plain-text response. A route that catches it logs the reason
 (never the body) and returns the response: the platform sees a clear 4xx, nothing is stored.
+
+Thin webhook routes
+-------------------
+A channel's webhook can skip Quart: its ``webhooks()`` method returns :class:`WebhookRoute`
+values, and the public app serves those paths itself (``gateway.http.public``), handing the
+handler a :class:`WebhookRequest` built straight from the ASGI scope. Quart's request and
+routing machinery costs ~0.3 ms of CPU per request, a webhook's whole budget on a busy bind. A
+:class:`WebhookRequest` reads like ``quart.request`` for everything above (``headers.get``,
+``mimetype``, ``content_length``, ``args``, ``async for chunk in request.body``), so the same
+helpers serve both kinds of route; a handler returns an ordinary ``quart.Response`` (``plain``,
+``refusal``). Pages and websockets stay on ``blueprint()``.
 """
 
 from __future__ import annotations
@@ -23,9 +34,10 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import quart
 import trio
@@ -36,7 +48,10 @@ from gateway.secretref import Secret
 __all__ = [
     "DEFAULT_MAX_BODY",
     "META_SIGNATURE_HEADER",
+    "WebhookHandler",
     "WebhookRefused",
+    "WebhookRequest",
+    "WebhookRoute",
     "meta_handshake",
     "parse_json_object",
     "plain",
@@ -69,6 +84,114 @@ class WebhookRefused(Exception):
         """The request body was not read to its end: the connection must not be reused."""
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its request body ended (thin routes)."""
+
+
+class _Headers(dict[str, str]):
+    """Request headers by lower-cased name; ``get`` ignores case, as werkzeug's does. A name
+    sent twice keeps its first value (werkzeug's ``Headers.get`` gives the first too)."""
+
+    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
+        super().__init__()
+        for name, value in raw:
+            self.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+
+class _Body:
+    """The request body as ``async for chunk in request.body``, read from ASGI ``receive`` as
+    the loop asks for it. Iterating again after a partial read goes on where it stopped (the
+    public app drains what a handler left); after the end it yields nothing."""
+
+    def __init__(self, receive: Callable[[], Awaitable[Any]]) -> None:
+        self._receive = receive
+        self.complete = False
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self.complete:
+            event = await self._receive()
+            if event["type"] == "http.disconnect":
+                self.complete = True
+                raise ClientGone()
+            self.complete = not event.get("more_body", False)
+            chunk: bytes = event.get("body", b"")
+            if chunk:
+                return chunk
+        raise StopAsyncIteration
+
+
+class WebhookRequest:
+    """One request to a thin webhook route: what a handler may read, nothing else.
+
+    ``method`` (upper case), ``path``, ``query_string`` (raw bytes), ``headers`` (``get`` in any
+    case), ``args`` (the query's first value per name), ``mimetype`` (lower case, no
+    parameters), ``content_length`` (int or None) and ``body``, read as
+    ``async for chunk in request.body`` (use :func:`read_body`: it enforces the size limit).
+    """
+
+    __slots__ = ("method", "path", "query_string", "headers", "body", "_args")
+
+    def __init__(self, scope: Mapping[str, Any], receive: Callable[[], Awaitable[Any]]) -> None:
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.query_string: bytes = scope.get("query_string", b"")
+        self.headers = _Headers(scope.get("headers", ()))
+        self.body = _Body(receive)
+        self._args: dict[str, str] | None = None
+
+    @property
+    def args(self) -> Mapping[str, str]:
+        if self._args is None:
+            self._args = {}
+            query = self.query_string.decode("utf-8", "replace")
+            for name, value in parse_qsl(query, keep_blank_values=True):
+                self._args.setdefault(name, value)
+        return self._args
+
+    @property
+    def mimetype(self) -> str:
+        return str(self.headers.get("content-type", "")).partition(";")[0].strip().lower()
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("content-length")
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
+
+
+WebhookHandler = Callable[[WebhookRequest], Awaitable[quart.Response]]
+
+
+@dataclass(frozen=True)
+class WebhookRoute:
+    """A path the public app serves without Quart: ``handler`` answers ``methods`` on exactly
+    ``path`` (no converters, no trailing-slash redirect). Another method on the path gets a 405
+    naming the allowed ones; HEAD is answered by the GET handler, without the body.
+
+    The app reads nothing before the handler runs; whatever body the handler leaves unread is
+    drained afterwards (or the connection closed), security headers are added, and an exception
+    from the handler is logged and answered with a 500 (the platform retries; nothing was
+    acknowledged)."""
+
+    path: str
+    methods: tuple[str, ...]
+    handler: WebhookHandler
+
+
 def plain(status: int, text: str) -> quart.Response:
     return quart.Response(text, status=status, content_type="text/plain; charset=utf-8")
 
@@ -82,7 +205,7 @@ def refusal(exc: WebhookRefused) -> quart.Response:
 
 
 async def read_body(
-    request: quart.Request,
+    request: quart.Request | WebhookRequest,
     *,
     content_types: Iterable[str] = ("application/json",),
     limit: int = DEFAULT_MAX_BODY,
@@ -164,7 +287,7 @@ def verify_subscription(args: Mapping[str, str], verify_token: Secret | str | No
 
 
 def meta_handshake(
-    request: quart.Request,
+    request: quart.Request | WebhookRequest,
     verify_token: Secret | str | None,
     log: logging.Logger,
     label: str,
@@ -185,7 +308,7 @@ def meta_handshake(
 
 
 async def read_meta_notification(
-    request: quart.Request, app_secret: Secret | str | bytes | None
+    request: quart.Request | WebhookRequest, app_secret: Secret | str | bytes | None
 ) -> dict[str, Any]:
     """The JSON object a Meta webhook POST carries: the body read with :func:`read_body`, its
     :data:`META_SIGNATURE_HEADER` checked against ``app_secret`` (:func:`verify_hub_signature`,
@@ -249,7 +372,7 @@ LEFTOVER_LIMIT = 1 << 20
 LEFTOVER_SECONDS = 5.0
 
 
-async def drain_body(request: quart.Request) -> bool:
+async def drain_body(request: quart.Request | WebhookRequest) -> bool:
     """Read what is left of a request body after the response was decided. A refusal sent
     before the body arrived (a 401, Quart's own 404/405) leaves it unread, and hypercorn (0.18,
     h11) then neither reuses nor closes the connection: the client's next request on it hangs

@@ -13,7 +13,8 @@ whose message starts with the check's name.
 What a harness must do
 ----------------------
 - ``open(context)`` starts the fake platform and the channel (``run`` through
-  ``nursery.start``; its blueprint served on a real 127.0.0.1 HTTP server, and
+  ``nursery.start``; its routes served on a real 127.0.0.1 HTTP server by :func:`serve_channels`,
+  and
   ``context.public_url`` set to it, if the plugin has one), yields the running channel and tears
   everything down when the block exits (cancelling ``run``).
 - ``deliver(thread_key, sender_id, text)`` has the platform send a user message and returns once
@@ -38,6 +39,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+import httpx
 import pydantic
 import trio
 
@@ -59,6 +61,8 @@ __all__ = [
     "check_redelivery_dedupes",
     "check_send_reaches_thread",
     "serve_blueprint",
+    "serve_channels",
+    "public_client",
 ]
 
 STEP_TIMEOUT = 10.0
@@ -373,14 +377,46 @@ async def serve_blueprint(*blueprints: Any, graceful_timeout: float = 0.2) -> As
     On exit hypercorn waits ``graceful_timeout`` for open connections, idle keep-alive ones
     included (it does not close those early), so the default is short to keep tests fast.
     """
-    from hypercorn.config import Config as HypercornConfig
-    from hypercorn.trio import serve
     from quart_trio import QuartTrio
 
     app = QuartTrio("conformance")
     for blueprint in blueprints:
         if blueprint is not None:
             app.register_blueprint(blueprint)
+    async with _serve(app, graceful_timeout) as base:
+        yield base
+
+
+@contextlib.asynccontextmanager
+async def serve_channels(*channels: Any, graceful_timeout: float = 0.2) -> AsyncIterator[str]:
+    """Serve the channels' public routes (``webhooks()`` and ``blueprint()``) on 127.0.0.1 with
+    the daemon's own public app (``gateway.http.public``); yield the base URL. Each channel is
+    mounted under its ``name``. ``graceful_timeout`` as for :func:`serve_blueprint`."""
+    from gateway.http.public import make_public_app
+
+    app = make_public_app({channel.name: channel for channel in channels})
+    async with _serve(app, graceful_timeout) as base:
+        yield base
+
+
+def public_client(*channels: Any) -> httpx.AsyncClient:
+    """An httpx client that calls the daemon's public app (``gateway.http.public``) with the
+    channels mounted, in-process (no socket): for fuzzing a webhook route by the thousand. Use
+    as ``async with public_client(channel) as client: await client.post("/webhooks/NAME", ...)``.
+    """
+    from gateway.http.public import make_public_app
+
+    app = make_public_app({channel.name: channel for channel in channels})
+    # httpx types ASGI loosely (MutableMapping events); the app is typed with hypercorn's.
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, base_url="http://gateway.test")
+
+
+@contextlib.asynccontextmanager
+async def _serve(app: Any, graceful_timeout: float) -> AsyncIterator[str]:
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.trio import serve
+
     config = HypercornConfig()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import re
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +27,15 @@ from gateway.backoff import Backoff
 from gateway.errors import PluginError, SendError, StoreError
 from gateway.messages import Inbound, Outbound, SendResult
 from gateway.plugin import Accepted, ChannelContext
-from gateway.webhooks import WebhookRefused, parse_json_object, plain, read_body, refusal
+from gateway.webhooks import (
+    WebhookRefused,
+    WebhookRequest,
+    WebhookRoute,
+    parse_json_object,
+    plain,
+    read_body,
+    refusal,
+)
 
 from .api import MaxApi, MaxApiError, MediaUnavailable
 from .config import MaxConfig
@@ -276,20 +283,22 @@ class MaxChannel:
 
     # -- webhook ---------------------------------------------------------------------------
 
-    def blueprint(self) -> quart.Blueprint:
-        """``POST /webhooks/NAME``: Max's pushes in webhook mode (404 in polling mode)."""
-        blueprint = quart.Blueprint(f"max_{re.sub(r'[^A-Za-z0-9_]', '_', self.name)}", __name__)
-        blueprint.add_url_rule(f"/webhooks/{self.name}", view_func=self._webhook, methods=["POST"])
-        return blueprint
+    def blueprint(self) -> None:
+        """No Quart routes: the webhook is a thin route (:meth:`webhooks`)."""
+        return None
 
-    async def _webhook(self) -> quart.Response:
+    def webhooks(self) -> list[WebhookRoute]:
+        """``POST /webhooks/NAME``: Max's pushes in webhook mode (404 in polling mode)."""
+        return [WebhookRoute(f"/webhooks/{self.name}", ("POST",), self._webhook)]
+
+    async def _webhook(self, request: WebhookRequest) -> quart.Response:
         secret = self.config.webhook_secret
         if self.config.mode != "webhook" or secret is None:
             return plain(404, "not found")
         try:
             # Read first (bounded) so a refused client's keep-alive connection stays usable.
-            body = await read_body(quart.request, content_types=(), limit=_MAX_UPDATE_BYTES)
-            given = quart.request.headers.get(SECRET_HEADER)
+            body = await read_body(request, content_types=(), limit=_MAX_UPDATE_BYTES)
+            given = request.headers.get(SECRET_HEADER)
             if given is None:
                 raise WebhookRefused(401, f"missing {SECRET_HEADER} header")
             if not hmac.compare_digest(given.encode(), secret.reveal().encode()):

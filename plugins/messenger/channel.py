@@ -15,7 +15,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import hmac
-import re
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
@@ -31,6 +30,8 @@ from gateway.plugin import ChannelContext, HistoryItem
 from gateway.webhooks import (
     META_SIGNATURE_HEADER,
     WebhookRefused,
+    WebhookRequest,
+    WebhookRoute,
     meta_handshake,
     plain,
     read_meta_notification,
@@ -99,23 +100,26 @@ class MetaChannel:
         task_status.started()
         await trio.sleep_forever()
 
-    def blueprint(self) -> quart.Blueprint:
-        blueprint = quart.Blueprint(
-            f"{self.platform}_{re.sub(r'[^A-Za-z0-9_]', '_', self.name)}", __name__
-        )
+    def blueprint(self) -> None:
+        """No Quart routes: the webhook is a thin route (:meth:`webhooks`)."""
+        return None
+
+    def webhooks(self) -> list[WebhookRoute]:
+        """``GET /webhooks/NAME``: Meta's subscription handshake; ``POST``: its events."""
         path = f"/webhooks/{self.name}"
-        blueprint.add_url_rule(path, "verify", self._handshake, methods=["GET"])
-        blueprint.add_url_rule(path, "receive", self._receive, methods=["POST"])
-        return blueprint
+        return [
+            WebhookRoute(path, ("GET",), self._handshake),
+            WebhookRoute(path, ("POST",), self._receive),
+        ]
 
     # -- webhook ---------------------------------------------------------------------------
 
-    async def _handshake(self) -> quart.Response:
-        return meta_handshake(quart.request, self.config.verify_token, self.log, self.label)
+    async def _handshake(self, request: WebhookRequest) -> quart.Response:
+        return meta_handshake(request, self.config.verify_token, self.log, self.label)
 
-    async def _receive(self) -> quart.Response:
+    async def _receive(self, request: WebhookRequest) -> quart.Response:
         try:
-            data = await read_meta_notification(quart.request, self.config.app_secret)
+            data = await read_meta_notification(request, self.config.app_secret)
             try:
                 batch = parse_webhook(
                     data, platform=self.platform, account=self.account, is_keyword=self._is_keyword

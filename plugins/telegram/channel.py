@@ -29,7 +29,7 @@ from gateway.errors import PluginError, SendError, StoreError
 from gateway.messages import Inbound, Outbound, SendResult
 from gateway.plugin import ChannelConfig, ChannelContext
 from gateway.secretref import Secret
-from gateway.webhooks import WebhookRefused, read_body, refusal
+from gateway.webhooks import WebhookRefused, WebhookRequest, WebhookRoute, read_body, refusal
 
 from .convert import bot_id_from_token, send_error, update_to_inbound
 
@@ -345,18 +345,18 @@ class TelegramChannel:
 
     # -- webhook ---------------------------------------------------------------------------
 
-    def blueprint(self) -> quart.Blueprint:
-        """``POST /webhooks/NAME``: Telegram's pushes in webhook mode (404 in polling mode)."""
-        blueprint = quart.Blueprint(
-            f"telegram_{re.sub(r'[^A-Za-z0-9_]', '_', self.name)}", __name__
-        )
-        blueprint.add_url_rule(f"/webhooks/{self.name}", view_func=self._webhook, methods=["POST"])
-        return blueprint
+    def blueprint(self) -> None:
+        """No Quart routes: the webhook is a thin route (:meth:`webhooks`)."""
+        return None
 
-    async def _webhook(self) -> quart.Response:
+    def webhooks(self) -> list[WebhookRoute]:
+        """``POST /webhooks/NAME``: Telegram's pushes in webhook mode (404 in polling mode)."""
+        return [WebhookRoute(f"/webhooks/{self.name}", ("POST",), self._webhook)]
+
+    async def _webhook(self, request: WebhookRequest) -> quart.Response:
         if self.config.mode != "webhook" or self.config.webhook_secret is None:
             return _plain(404, "not found")
-        given = quart.request.headers.get(SECRET_HEADER)
+        given = request.headers.get(SECRET_HEADER)
         if given is None:
             self.log.warning("telegram webhook: request without the secret token header refused")
             return _plain(401, f"missing {SECRET_HEADER} header")
@@ -365,7 +365,7 @@ class TelegramChannel:
             return _plain(403, "wrong secret token")
         try:
             # Any content type: Telegram sends JSON, and the parse below says so if it is not.
-            body = await read_body(quart.request, content_types=(), limit=_MAX_UPDATE_BYTES)
+            body = await read_body(request, content_types=(), limit=_MAX_UPDATE_BYTES)
         except WebhookRefused as exc:
             return refusal(exc)
         try:

@@ -34,7 +34,16 @@ import trio
 from gateway.errors import PluginError, SendError, StoreError
 from gateway.messages import Attachment, Outbound, SendResult, utcnow
 from gateway.plugin import ChannelContext
-from gateway.webhooks import WebhookRefused, plain, read_body, refusal, verify_twilio_signature
+from gateway.webhooks import (
+    WebhookHandler,
+    WebhookRefused,
+    WebhookRequest,
+    WebhookRoute,
+    plain,
+    read_body,
+    refusal,
+    verify_twilio_signature,
+)
 
 from . import twiml
 from .config import E164, TwilioConfig
@@ -144,8 +153,13 @@ class TwilioChannel:
 
     # -- webhooks --------------------------------------------------------------------------
 
-    def blueprint(self) -> quart.Blueprint:
-        blueprint = quart.Blueprint(f"twilio_{re.sub(r'[^A-Za-z0-9_]', '_', self.name)}", __name__)
+    def blueprint(self) -> None:
+        """No Quart routes: the webhooks are thin routes (:meth:`webhooks`)."""
+        return None
+
+    def webhooks(self) -> list[WebhookRoute]:
+        """``POST /webhooks/NAME/sms`` (messages), ``/status`` (delivery callbacks) and the
+        voice routes, each a signed form POST."""
         routes: dict[str, Handler] = {
             "sms": self._incoming_message,
             "status": self._message_status,
@@ -155,19 +169,17 @@ class TwilioChannel:
             "voice/recorded": self.voice.recorded,
             "voice/recording": self.voice.recording,
         }
-        for suffix, handler in routes.items():
-            blueprint.add_url_rule(
-                f"/webhooks/{self.name}/{suffix}",
-                endpoint=suffix.replace("/", "_"),
-                view_func=self._guarded(suffix, handler),
-                methods=["POST"],
+        return [
+            WebhookRoute(
+                f"/webhooks/{self.name}/{suffix}", ("POST",), self._guarded(suffix, handler)
             )
-        return blueprint
+            for suffix, handler in routes.items()
+        ]
 
-    def _guarded(self, suffix: str, handler: Handler) -> Callable[[], Awaitable[quart.Response]]:
-        async def view() -> quart.Response:
+    def _guarded(self, suffix: str, handler: Handler) -> WebhookHandler:
+        async def view(request: WebhookRequest) -> quart.Response:
             try:
-                params, query = await self._verified_form(suffix)
+                params, query = await self._verified_form(request, suffix)
                 return await handler(params, query)
             except WebhookRefused as exc:
                 self.log.warning("twilio webhook /%s refused: %s", suffix, exc.reason)
@@ -183,8 +195,7 @@ class TwilioChannel:
 
         return view
 
-    async def _verified_form(self, suffix: str) -> tuple[Params, Params]:
-        request = quart.request
+    async def _verified_form(self, request: WebhookRequest, suffix: str) -> tuple[Params, Params]:
         body = await read_body(
             request, content_types=("application/x-www-form-urlencoded",), limit=_MAX_FORM_BYTES
         )

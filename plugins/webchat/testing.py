@@ -2,7 +2,7 @@
 websocket (:func:`open_chat_client`) or over the fallback, a server-sent event stream plus POSTs
 (:func:`open_event_stream`).
 
-Usable against a channel served alone (``gateway.testing.conformance.serve_blueprint``) or against
+Usable against a channel served alone (``gateway.testing.conformance.serve_channels``) or against
 the whole daemon. Needs ``trio-websocket`` (a test dependency).
 """
 
@@ -170,12 +170,12 @@ async def open_webchat(
     channel stops (closing its sockets) before the server does."""
     import trio
 
-    from gateway.testing.conformance import serve_blueprint
+    from gateway.testing.conformance import serve_channels
 
     channel = WebchatChannel(
         context.name, WebchatChannel.Config(plugin="webchat", **config), context
     )
-    async with serve_blueprint(channel.blueprint()) as url:
+    async with serve_channels(channel) as url:
         async with trio.open_nursery() as nursery:
             await nursery.start(channel.run)
             yield channel, url

@@ -21,7 +21,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import hmac
-import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -36,6 +35,8 @@ from gateway.plugin import ChannelContext
 from gateway.webhooks import (
     META_SIGNATURE_HEADER,
     WebhookRefused,
+    WebhookRequest,
+    WebhookRoute,
     meta_handshake,
     plain,
     read_meta_notification,
@@ -104,24 +105,27 @@ class WhatsAppChannel:
         task_status.started()
         await trio.sleep_forever()
 
-    def blueprint(self) -> quart.Blueprint:
-        blueprint = quart.Blueprint(
-            f"whatsapp_{re.sub(r'[^A-Za-z0-9_]', '_', self.name)}", __name__
-        )
+    def blueprint(self) -> None:
+        """No Quart routes: the webhook is a thin route (:meth:`webhooks`)."""
+        return None
+
+    def webhooks(self) -> list[WebhookRoute]:
+        """``GET /webhooks/NAME``: Meta's subscription handshake; ``POST``: its notifications."""
         path = f"/webhooks/{self.name}"
-        blueprint.add_url_rule(path, view_func=self._handshake, methods=["GET"])
-        blueprint.add_url_rule(path, view_func=self._receive, methods=["POST"])
-        return blueprint
+        return [
+            WebhookRoute(path, ("GET",), self._handshake),
+            WebhookRoute(path, ("POST",), self._receive),
+        ]
 
-    async def _handshake(self) -> quart.Response:
+    async def _handshake(self, request: WebhookRequest) -> quart.Response:
         return meta_handshake(
-            quart.request, self.config.verify_token, self.log, f"whatsapp {self._where}"
+            request, self.config.verify_token, self.log, f"whatsapp {self._where}"
         )
 
-    async def _receive(self) -> quart.Response:
+    async def _receive(self, request: WebhookRequest) -> quart.Response:
         try:
             notification = parse_notification(
-                await read_meta_notification(quart.request, self.config.app_secret),
+                await read_meta_notification(request, self.config.app_secret),
                 phone_number_id=self.account,
                 media_url=self.graph.media_url,
             )

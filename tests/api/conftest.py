@@ -134,6 +134,6 @@ async def api(tmp_path: Path, registry: Registry) -> AsyncIterator[Api]:
     async with open_gateway(CONFIG, registry, tmp_path) as gw:
         services = gw.running.services
         app = make_public_app({}, public_blueprints(services))
-        harness = Api(gw, services, app.test_client())
+        harness = Api(gw, services, app.quart.test_client())
         await harness.project("acme", "Acme Shop")
         yield harness

@@ -13,7 +13,7 @@ import trio
 from gateway.errors import PluginError, SendError
 from gateway.messages import Attachment, Outbound, utcnow
 from gateway.secretref import Secret
-from gateway.testing.conformance import serve_blueprint
+from gateway.testing.conformance import serve_channels
 from gateway.testing.context import MemoryChannelContext
 from gateway.testing.fake_max import FakeMaxServer, open_fake_max
 from plugins.max import MaxChannel
@@ -45,9 +45,9 @@ def channel_for(server: FakeMaxServer, context: MemoryChannelContext, **keys: An
 async def running(
     server: FakeMaxServer, context: MemoryChannelContext, **keys: Any
 ) -> AsyncIterator[MaxChannel]:
-    """The channel's run() going, its blueprint served (context.public_url set to it)."""
+    """The channel's run() going, its webhook route served (context.public_url set to it)."""
     channel = channel_for(server, context, **keys)
-    async with serve_blueprint(channel.blueprint()) as url:
+    async with serve_channels(channel) as url:
         context.public_url = url
         async with trio.open_nursery() as nursery:
             await nursery.start(channel.run)

@@ -11,7 +11,7 @@ import trio
 
 from gateway.secretref import Secret
 from gateway.testing import conformance
-from gateway.testing.conformance import serve_blueprint
+from gateway.testing.conformance import serve_channels
 from gateway.testing.context import MemoryChannelContext
 from gateway.testing.fake_max import DEFAULT_TOKEN, FakeMaxServer, open_fake_max
 from plugins.max import MaxChannel
@@ -21,7 +21,7 @@ WEBHOOK_SECRET = "conformance-secret_1"
 
 class MaxHarness:
     """Runs MaxChannel against FakeMaxServer; in webhook mode deliveries are POSTed to the
-    channel's blueprint served by hypercorn, re-sent until a 200 as Max does."""
+    channel's webhook route served by hypercorn, re-sent until a 200 as Max does."""
 
     def __init__(
         self,
@@ -57,7 +57,7 @@ class MaxHarness:
             config = MaxChannel.Config.model_validate(self.raw_config())
             channel = self.plugin_class(context.name, config, context)
             try:
-                async with serve_blueprint(channel.blueprint()) as url:
+                async with serve_channels(channel) as url:
                     context.public_url = url
                     async with trio.open_nursery() as nursery:
                         await nursery.start(channel.run)

@@ -15,7 +15,7 @@ import trio
 from gateway.messages import Inbound
 from gateway.secretref import Secret
 from gateway.testing import conformance
-from gateway.testing.conformance import serve_blueprint
+from gateway.testing.conformance import serve_channels
 from gateway.testing.context import MemoryChannelContext
 from gateway.testing.fake_graph import APP_SECRET, FakeGraphServer, open_fake_graph
 from plugins.messenger import InstagramChannel, MessengerChannel
@@ -58,7 +58,7 @@ async def running(
     async with open_fake_graph() as server:
         config = cls.Config.model_validate(raw_config(platform, server, **overrides))
         channel = cls(context.name, config, context)
-        async with serve_blueprint(channel.blueprint()) as base:
+        async with serve_channels(channel) as base:
             context.public_url = base
             url = f"{base}/webhooks/{context.name}"
             assert await server.subscribe(platform, url, VERIFY_TOKEN)

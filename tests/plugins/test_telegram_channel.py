@@ -19,7 +19,7 @@ from gateway.errors import PluginError, SendError
 from gateway.messages import Inbound, Outbound
 from gateway.plugin import Channel
 from gateway.secretref import Secret
-from gateway.testing.conformance import serve_blueprint
+from gateway.testing.conformance import serve_channels
 from gateway.testing.context import MemoryChannelContext
 from gateway.testing.fake_telegram import FakeTelegramServer, open_fake_telegram
 from plugins.telegram import TelegramChannel, TelegramConfig
@@ -69,7 +69,7 @@ async def webhook(
         channel = TelegramChannel(
             "tg", config(server, mode="webhook", webhook_secret=Secret(SECRET)), context
         )
-        async with serve_blueprint(channel.blueprint()) as base:
+        async with serve_channels(channel) as base:
             context.public_url = base
             async with running(channel):
                 yield server, f"{base}/webhooks/tg", channel
@@ -332,7 +332,7 @@ async def test_webhook_bad_bodies_and_store_failure() -> None:
 async def test_webhook_route_is_404_in_polling_mode() -> None:
     async with (
         polling() as (server, context, channel),
-        serve_blueprint(channel.blueprint()) as base,
+        serve_channels(channel) as base,
     ):
         update = server.push_message(2004, "wrong door")
         # consume it via polling first, so only the webhook path is in question

@@ -13,7 +13,7 @@ import trio
 from gateway.messages import Inbound
 from gateway.secretref import Secret
 from gateway.testing import conformance
-from gateway.testing.conformance import serve_blueprint
+from gateway.testing.conformance import serve_channels
 from gateway.testing.context import MemoryChannelContext
 from gateway.testing.fake_telegram import FakeTelegramServer, open_fake_telegram
 from plugins.telegram import TelegramChannel
@@ -59,7 +59,7 @@ class TelegramHarness:
             config = TelegramChannel.Config.model_validate(self.raw_config())
             channel = self.plugin_class(context.name, config, context)
             try:
-                async with serve_blueprint(channel.blueprint()) as url:
+                async with serve_channels(channel) as url:
                     context.public_url = url
                     async with trio.open_nursery() as nursery:
                         await nursery.start(channel.run)
@@ -122,8 +122,8 @@ class KeyedByUpdateChannel(TelegramChannel):
 class AcksDespiteStoreFailure(TelegramChannel):
     """Broken: answers 200 even when the journal refused the message."""
 
-    async def _webhook(self) -> Any:
-        response = await super()._webhook()
+    async def _webhook(self, request: Any) -> Any:
+        response = await super()._webhook(request)
         if response.status_code == 503:
             response.status_code = 200
         return response

@@ -15,14 +15,13 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from quart_trio import QuartTrio
 
 from gateway.errors import PluginError, SendError
 from gateway.messages import Attachment, Outbound
 from gateway.plugin import Channel
 from gateway.secretref import Secret
 from gateway.testing import fake_twilio
-from gateway.testing.conformance import serve_blueprint
+from gateway.testing.conformance import public_client, serve_channels
 from gateway.testing.context import MemoryChannelContext
 from gateway.testing.fake_twilio import (
     DEFAULT_ACCOUNT_SID,
@@ -61,7 +60,7 @@ class Env:
     context: MemoryChannelContext
     channel: TwilioChannel
     local: str
-    """Where the blueprint is served: http://127.0.0.1:PORT/webhooks/tw"""
+    """Where the channel's webhooks are served: http://127.0.0.1:PORT/webhooks/tw"""
 
     @property
     def base(self) -> str:
@@ -79,7 +78,7 @@ async def running(
         context = MemoryChannelContext("tw")
         channel = TwilioChannel("tw", config(fake, **overrides), context)
         try:
-            async with serve_blueprint(channel.blueprint()) as url:
+            async with serve_channels(channel) as url:
                 if public:
                     context.public_url = url
                 env = Env(fake, context, channel, f"{url}/webhooks/tw")
@@ -182,7 +181,7 @@ async def test_without_an_auth_token_every_webhook_is_refused() -> None:
             **{**dict(valid), "auth_token": Secret("", "env:EMPTY")}
         )
         channel = TwilioChannel("tw", unchecked, context)
-        async with serve_blueprint(channel.blueprint()) as url:
+        async with serve_channels(channel) as url:
             context.public_url = url
             params = fake.incoming_message(CONTACT, "unverifiable")
             response = await fake.post_form(f"{url}/webhooks/tw/sms", params, token="")
@@ -526,13 +525,11 @@ async def test_auth_token_never_appears_in_logs(caplog: pytest.LogCaptureFixture
 # -- fuzzing the endpoint ---------------------------------------------------------------------
 
 
-def fuzz_app() -> tuple[QuartTrio, MemoryChannelContext]:
+def fuzz_app() -> tuple[TwilioChannel, MemoryChannelContext]:
     context = MemoryChannelContext("tw", public_url="https://gw.example.com")
     # api_base on a closed port: a fuzzed MediaUrl on it fails fast instead of leaving the box
     channel = TwilioChannel("tw", config(api_base="http://127.0.0.1:9", media_timeout=1), context)
-    app = QuartTrio("fuzz")
-    app.register_blueprint(channel.blueprint())
-    return app, context
+    return channel, context
 
 
 @settings(max_examples=120, deadline=None)
@@ -564,7 +561,7 @@ def fuzz_app() -> tuple[QuartTrio, MemoryChannelContext]:
 async def test_webhooks_answer_2xx_or_4xx_never_5xx(
     path: str, params: dict[str, str], signing: str
 ) -> None:
-    app, context = fuzz_app()
+    channel, context = fuzz_app()
     url = f"https://gw.example.com/webhooks/tw/{path}"
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     if signing == "valid":
@@ -574,7 +571,8 @@ async def test_webhooks_answer_2xx_or_4xx_never_5xx(
     elif signing == "wrong":
         headers["X-Twilio-Signature"] = "bm90IGEgc2lnbmF0dXJl"
     body = urlencode(params).encode()
-    response = await app.test_client().post(f"/webhooks/tw/{path}", data=body, headers=headers)
+    async with public_client(channel) as client:
+        response = await client.post(f"/webhooks/tw/{path}", content=body, headers=headers)
     assert response.status_code < 500, (response.status_code, params)
     if signing != "valid":
         assert response.status_code in (400, 401, 403) and context.inbound == []

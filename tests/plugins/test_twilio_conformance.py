@@ -12,7 +12,7 @@ import trio
 
 from gateway.secretref import Secret
 from gateway.testing import conformance
-from gateway.testing.conformance import serve_blueprint
+from gateway.testing.conformance import serve_channels
 from gateway.testing.context import MemoryChannelContext
 from gateway.testing.fake_twilio import (
     DEFAULT_ACCOUNT_SID,
@@ -50,7 +50,7 @@ class TwilioHarness:
             config = TwilioChannel.Config.model_validate(self.raw_config())
             channel = self.plugin_class(context.name, config, context)
             try:
-                async with serve_blueprint(channel.blueprint()) as url:
+                async with serve_channels(channel) as url:
                     context.public_url = url
                     fake.point_webhooks(f"{url}/webhooks/{context.name}")
                     async with trio.open_nursery() as nursery:

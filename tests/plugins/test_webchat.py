@@ -13,7 +13,7 @@ import trio_websocket
 from gateway.errors import SendError
 from gateway.messages import Outbound, SendResult
 from gateway.plugin import HistoryItem
-from gateway.testing.conformance import serve_blueprint
+from gateway.testing.conformance import serve_channels
 from gateway.testing.context import MemoryChannelContext
 from plugins.webchat import WebchatChannel
 from plugins.webchat.convert import new_client_id
@@ -268,7 +268,7 @@ async def test_stopping_run_closes_live_sockets_and_refuses_new_ones(context):
         with stop:
             await channel.run(task_status=task_status)
 
-    async with serve_blueprint(channel.blueprint()) as url:
+    async with serve_channels(channel) as url:
         async with trio.open_nursery() as nursery:
             await nursery.start(run_until_stopped)
             async with open_chat_client(url, "web") as client:

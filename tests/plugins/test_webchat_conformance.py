@@ -52,7 +52,7 @@ class WebchatHarness:
     async def open(self, context: MemoryChannelContext) -> AsyncIterator[WebchatChannel]:
         config = WebchatChannel.Config.model_validate(self.raw_config())
         channel = _ConformanceWebchat(context.name, config, context)
-        async with conformance.serve_blueprint(channel.blueprint()) as url:
+        async with conformance.serve_channels(channel) as url:
             context.public_url = url
             self.url = url
             self.channel_name = context.name

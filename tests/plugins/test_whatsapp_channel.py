@@ -19,13 +19,12 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from quart_trio import QuartTrio
 
 from gateway.errors import PluginError
 from gateway.messages import Outbound
 from gateway.plugin import Channel
 from gateway.secretref import Secret
-from gateway.testing.conformance import ConformanceContext, serve_blueprint
+from gateway.testing.conformance import ConformanceContext, public_client, serve_channels
 from gateway.testing.context import MemoryChannelContext
 from gateway.testing.fake_whatsapp import (
     DEFAULT_APP_SECRET,
@@ -65,7 +64,7 @@ async def webhook(
     context = context or MemoryChannelContext("wa")
     async with open_fake_whatsapp() as server:
         channel = WhatsAppChannel("wa", cfg or config(server, **overrides), context)
-        async with serve_blueprint(channel.blueprint()) as base:
+        async with serve_channels(channel) as base:
             context.public_url = base
             server.webhook_url = channel.webhook_url()
             async with trio.open_nursery() as nursery:
@@ -247,18 +246,24 @@ async def test_bad_bodies_get_clear_4xx() -> None:
         assert context.inbound == []
 
 
+# httpx's request-body generator is left unfinished when the server answers the 9 MiB upload
+# early (413, connection closed) before it was all sent: that early answer is what is tested.
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <async_generator object ByteStream.__aiter__"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
 async def test_oversized_body_is_413_and_closes_the_connection_only_past_the_drain_limit() -> None:
     """A body a little over 1 MiB is read to its end and dropped, so the connection can carry the
     next request; a huge one is not read, and then ``Connection: close`` matters: hypercorn
     would otherwise keep a connection whose unread body makes the next request on it hang."""
-    app, context = fuzz_app()
-    client = app.test_client()
-    for size, closes in ((1 << 20, False), (9 << 20, True)):
-        body = b"{" + b" " * size + b"}"
-        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(body)}
-        response = await client.post("/webhooks/wa", data=body, headers=headers)
-        assert response.status_code == 413
-        assert (response.headers.get("Connection") == "close") is closes
+    channel, context = fuzz_app()
+    async with serve_channels(channel) as base, httpx.AsyncClient(base_url=base) as client:
+        for size, closes in ((1 << 20, False), (9 << 20, True)):
+            body = b"{" + b" " * size + b"}"
+            headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(body)}
+            response = await client.post("/webhooks/wa", content=body, headers=headers)
+            assert response.status_code == 413
+            assert (response.headers.get("Connection") == "close") is closes
     assert context.inbound == []
     await context.aclose()
 
@@ -470,13 +475,11 @@ json_values = st.recursive(
 )
 
 
-def fuzz_app() -> tuple[QuartTrio, MemoryChannelContext]:
+def fuzz_app() -> tuple[WhatsAppChannel, MemoryChannelContext]:
     context = MemoryChannelContext("wa", public_url="https://gw.example.com")
     # Port 9 on loopback refuses at once: a fuzzed media message never leaves the machine.
     channel = WhatsAppChannel("wa", config(api_base="http://127.0.0.1:9"), context)
-    app = QuartTrio("fuzz")
-    app.register_blueprint(channel.blueprint())
-    return app, context
+    return channel, context
 
 
 def sign(body: bytes, secret: str = DEFAULT_APP_SECRET) -> str:
@@ -494,11 +497,12 @@ def sign(body: bytes, secret: str = DEFAULT_APP_SECRET) -> str:
 async def test_unsigned_or_badly_signed_bodies_are_only_ever_401_or_403(
     body: bytes, header: str | None
 ) -> None:
-    app, context = fuzz_app()
+    channel, context = fuzz_app()
     headers = {"Content-Type": "application/json"}
     if header is not None:
         headers["X-Hub-Signature-256"] = header
-    response = await app.test_client().post("/webhooks/wa", data=body, headers=headers)
+    async with public_client(channel) as client:
+        response = await client.post("/webhooks/wa", content=body, headers=headers)
     assert response.status_code in (401, 403) and context.inbound == []
     await context.aclose()
 
@@ -532,12 +536,13 @@ media_messages = st.fixed_dictionaries(
     obj=st.sampled_from(["whatsapp_business_account", "page", 7]),
 )
 async def test_signed_bodies_get_200_or_a_clear_4xx_never_5xx(value: Any, obj: Any) -> None:
-    app, context = fuzz_app()
+    channel, context = fuzz_app()
     body = json.dumps(
         {"object": obj, "entry": [{"changes": [{"field": "messages", "value": value}]}]}
     )
     data = body.encode()
     headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(data)}
-    response = await app.test_client().post("/webhooks/wa", data=data, headers=headers)
+    async with public_client(channel) as client:
+        response = await client.post("/webhooks/wa", content=data, headers=headers)
     assert response.status_code == (400 if obj == 7 else 200)
     await context.aclose()

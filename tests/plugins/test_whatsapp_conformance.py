@@ -1,5 +1,5 @@
 """The channel conformance suite against the WhatsApp plugin: deliveries are signed webhooks
-POSTed by the fake Cloud API to the channel's blueprint (served by hypercorn), re-sent until a
+POSTed by the fake Cloud API to the channel's webhook route (served by hypercorn), re-sent until a
 2xx as Meta does."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import trio
 
 from gateway.secretref import Secret
 from gateway.testing import conformance
-from gateway.testing.conformance import serve_blueprint
+from gateway.testing.conformance import serve_channels
 from gateway.testing.context import MemoryChannelContext
 from gateway.testing.fake_whatsapp import (
     DEFAULT_APP_SECRET,
@@ -54,7 +54,7 @@ class WhatsAppHarness:
             config = WhatsAppChannel.Config.model_validate(self.raw_config())
             channel = self.plugin_class(context.name, config, context)
             try:
-                async with serve_blueprint(channel.blueprint()) as url:
+                async with serve_channels(channel) as url:
                     context.public_url = url
                     server.webhook_url = channel.webhook_url()
                     async with trio.open_nursery() as nursery:
@@ -99,8 +99,8 @@ async def test_journal_failure_answers_503_then_meta_retries() -> None:
 class AcksDespiteStoreFailure(WhatsAppChannel):
     """Broken: answers 200 even when the journal refused the notification."""
 
-    async def _receive(self) -> Any:
-        response = await super()._receive()
+    async def _receive(self, request: Any) -> Any:
+        response = await super()._receive(request)
         if response.status_code == 503:
             response.status_code = 200
         return response

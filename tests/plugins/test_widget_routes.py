@@ -335,9 +335,9 @@ async def test_post_rate_limit_and_store_failure_ask_for_a_retry(context):
 
 async def test_stream_ends_when_the_channel_stops_and_is_refused_before_it_runs(context):
     channel = WebchatChannel("web", {"plugin": "webchat", **WIDGET}, context)
-    from gateway.testing.conformance import serve_blueprint
+    from gateway.testing.conformance import serve_channels
 
-    async with serve_blueprint(channel.blueprint()) as url:
+    async with serve_channels(channel) as url:
         async with httpx.AsyncClient(base_url=url, headers={"Origin": SHOP}) as http:
             early = await http.post("/chat/web/events", json={"visitor": new_visitor()})
         stop = trio.CancelScope()

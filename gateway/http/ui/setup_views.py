@@ -47,20 +47,21 @@ def settings_of(model: BaseModel, skip: tuple[str, ...] = ()) -> list[tuple[str,
 
 
 def public_paths(plugin: Any) -> list[str]:
-    """The URL rules a running channel mounts on the public bind (from its own blueprint):
-    its webhooks (``/webhooks/...``) when it has any, else its pages (the web chat)."""
+    """The URL rules a running channel mounts on the public bind (its thin webhook routes and
+    its own blueprint): its webhooks (``/webhooks/...``) when it has any, else its pages (the
+    web chat)."""
+    webhooks = getattr(plugin, "webhooks", None)
+    found = {route.path for route in webhooks()} if webhooks is not None else set()
     blueprint = plugin.blueprint()
-    if blueprint is None:
-        return []
-    probe = QuartTrio("gateway.probe")
-    probe.register_blueprint(blueprint)
-    paths = sorted(
-        {
+    if blueprint is not None:
+        probe = QuartTrio("gateway.probe")
+        probe.register_blueprint(blueprint)
+        found.update(
             rule.rule
             for rule in probe.url_map.iter_rules()
             if rule.endpoint.startswith(f"{blueprint.name}.")
-        }
-    )
+        )
+    paths = sorted(found)
     hooks = [p for p in paths if p.startswith("/webhooks/")]
     return hooks or paths[:1]
 
