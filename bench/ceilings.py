@@ -54,6 +54,7 @@ PARTS = ("webhook", "sqlite", "store")
 SERVERS = {
     "asgi": "bare ASGI on hypercorn-trio",
     "quart": "gateway QuartTrio app on hypercorn-trio",
+    "thin": "gateway public app, thin webhook route",
 }
 READY = "listening on "
 WEBHOOK_PATH = "/webhooks/bench"
@@ -97,11 +98,18 @@ async def bare_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 class _BenchChannel:
-    """Only what ``make_public_app`` asks of a channel: a blueprint with a webhook route."""
+    """Only what ``make_public_app`` asks of a channel: its webhook route that reads the body
+    and answers 200, as a Quart blueprint route (``thin=False``) or a thin route (the way the
+    built-in channels mount theirs)."""
+
+    def __init__(self, *, thin: bool) -> None:
+        self.thin = thin
 
     def blueprint(self) -> Any:
         import quart
 
+        if self.thin:
+            return None
         blueprint = quart.Blueprint("bench", __name__)
 
         async def receive() -> Any:
@@ -111,11 +119,22 @@ class _BenchChannel:
         blueprint.add_url_rule(WEBHOOK_PATH, view_func=receive, methods=["POST"])
         return blueprint
 
+    def webhooks(self) -> list[Any]:
+        import quart
 
-def quart_app() -> Any:
+        from gateway.webhooks import WebhookRequest, WebhookRoute, read_body
+
+        async def receive(request: WebhookRequest) -> quart.Response:
+            await read_body(request, content_types=())
+            return quart.Response("", status=200)
+
+        return [WebhookRoute(WEBHOOK_PATH, ("POST",), receive)] if self.thin else []
+
+
+def public_app(*, thin: bool) -> Any:
     from gateway.http.public import make_public_app
 
-    return make_public_app({"bench": _BenchChannel()})  # type: ignore[dict-item]
+    return make_public_app({"bench": _BenchChannel(thin=thin)})  # type: ignore[dict-item]
 
 
 async def serve(kind: str) -> None:
@@ -127,7 +146,7 @@ async def serve(kind: str) -> None:
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
     config.include_server_header = False
-    app = bare_app if kind == "asgi" else quart_app()
+    app = bare_app if kind == "asgi" else public_app(thin=kind == "thin")
     async with trio.open_nursery() as nursery:
         urls = await nursery.start(partial(hypercorn.trio.serve, app, config))
         print(READY + urls[0], flush=True)
