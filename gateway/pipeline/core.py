@@ -46,6 +46,7 @@ from gateway.store.journal import (
 )
 from gateway.store.outbox import (
     OutboxItem,
+    commit_reply_and_next_txn,
     mark_sending_txn,
     next_outbox_txn,
     open_conversations_txn,
@@ -94,6 +95,9 @@ class Pipeline:
         self._send_backoff = send_backoff
         self.answers = Lanes("answer", self._answer)
         self.deliveries = Lanes("deliver", self._deliver)
+        self._next_rows: dict[int, OutboxItem] = {}
+        """Per conversation, the next outbox row as "commit reply" read it, for the delivery
+        lane it notifies (taken at that lane's next step: bounded by the lanes notified)."""
         self.accepting = True
         self.commands = Commands()
         """Chat commands answered by gateway features (gateway.pipeline.commands)."""
@@ -280,9 +284,9 @@ class Pipeline:
             text, author = await agent.answer(
                 work, slot.config.residency if slot is not None else None
             )
-        outbox_id = await self.store.write(
+        outbox_id, next_row = await self.store.write(
             "commit reply",
-            commit_reply_txn,
+            commit_reply_and_next_txn,
             work,
             text,
             author,
@@ -294,6 +298,8 @@ class Pipeline:
             self.counters["replies"] += 1
             if author == "fallback":
                 self.counters["fallbacks"] += 1
+            if next_row is not None:
+                self._next_rows[conversation_id] = next_row
             self.deliveries.notify(conversation_id)
         return _done(work.more)
 
@@ -421,10 +427,15 @@ class Pipeline:
     # 3. deliver ------------------------------------------------------------------------------
 
     async def _deliver(self, conversation_id: int) -> Progress:
-        # Through the writer for the same reason as "next pending message" above.
-        item: OutboxItem | None = await self.store.write(
-            "next outbox row", next_outbox_txn, conversation_id, self.store.sealer
-        )
+        # The row "commit reply" read in its own transaction, if it left one; else through the
+        # writer for the same reason as "next pending message" above. A row taken meanwhile
+        # (a lane already running here claimed it) is refused by "claim outbox row" below and
+        # read again.
+        item: OutboxItem | None = self._next_rows.pop(conversation_id, None)
+        if item is None:
+            item = await self.store.write(
+                "next outbox row", next_outbox_txn, conversation_id, self.store.sealer
+            )
         if item is None:
             return False
         log_context(

@@ -9,7 +9,7 @@ import sqlite_utils
 
 from gateway.privacy.sealing import Sealer
 from gateway.store.bodies import open_text, seal_text
-from gateway.store.journal import now
+from gateway.store.journal import PendingWork, commit_reply_txn, now
 
 _OPEN = "state IN ('pending', 'sending')"
 """The condition of the partial index ``outbox_open``, repeated in queries for pending rows:
@@ -122,6 +122,29 @@ def next_outbox_txn(
         if refusal is not None:
             item = dataclasses.replace(item, opted_out=True, refusal=refusal)
     return item
+
+
+def commit_reply_and_next_txn(
+    db: sqlite_utils.Database,
+    work: PendingWork,
+    text: str,
+    author: str,
+    sealer: Sealer,
+    *,
+    analysis: str | None = None,
+) -> tuple[int | None, OutboxItem | None]:
+    """:func:`~gateway.store.journal.commit_reply_txn`, then the conversation's next outbox row
+    (:func:`next_outbox_txn`, usually the reply just stored) read in the same transaction.
+
+    The delivery lane starts from that row instead of asking the writer for it: one writer
+    round trip fewer on every AI reply's way out. The row may be claimed by someone else before
+    the lane gets to it (a lane already running for the conversation); ``mark_sending_txn``
+    then finds it no longer pending and the lane reads again, so a stale row is never sent.
+    Returns (outbox id or None if the work was already done, the next pending row or None)."""
+    outbox_id = commit_reply_txn(db, work, text, author, sealer, analysis=analysis)
+    if outbox_id is None:
+        return None, None
+    return outbox_id, next_outbox_txn(db, work.conversation_id, sealer)
 
 
 def mark_sending_txn(db: sqlite_utils.Database, outbox_id: int) -> int:

@@ -173,6 +173,42 @@ async def test_permanent_send_error_is_not_retried(tmp_path, fake_registry):
         assert states == ["failed", "sent"]
 
 
+async def test_a_row_sent_meanwhile_is_not_sent_again_from_commit_replys_read(
+    tmp_path, fake_registry
+):
+    # The delivery lane starts from the outbox row "commit reply" read in its transaction. If
+    # that row was claimed and sent meanwhile (a lane already running for the conversation),
+    # "claim outbox row" refuses it and the lane reads again: nothing goes out twice.
+    async with open_gateway(config(), fake_registry, tmp_path) as gw:
+        channel: FakeChannel = gw.channel("support")
+        pipeline = gw.running.pipeline
+        kinds = gw.running.store.writes_by_kind
+        handed: dict[int, object] = {}
+
+        class Recording(dict):  # type: ignore[type-arg]
+            def __setitem__(self, key: int, value: object) -> None:
+                handed[key] = value
+                super().__setitem__(key, value)
+
+        pipeline._next_rows = Recording()
+        await channel.deliver("chat1", "alice", "first")
+        await channel.wait_sent(1)
+        await gw.wait_idle()
+        ((conversation_id, first_row),) = handed.items()
+        assert kinds["next outbox row"] == 0
+        # The first reply's row again, as a stale read would leave it: already sent.
+        pipeline._next_rows[conversation_id] = first_row  # type: ignore[assignment]
+        pipeline.deliveries.notify(conversation_id)
+        await gw.wait_idle()
+        assert len(channel.sent) == 1
+        assert kinds["claim outbox row"] == 2 and kinds["next outbox row"] == 1
+        await channel.deliver("chat1", "alice", "second")
+        await channel.wait_sent(2)
+        await gw.wait_idle()
+        assert [m.text.rsplit(" ", 1)[-1] for m in channel.sent] == ["first", "second"]
+        assert pipeline._next_rows == {}
+
+
 async def test_per_chat_send_rate(tmp_path, fake_registry, autojump_clock):
     extra = "send_rate_per_chat = 1.0\nsend_burst_per_chat = 1"
     async with open_gateway(config(extra), fake_registry, tmp_path) as gw:
@@ -247,8 +283,9 @@ async def test_message_without_text_gets_a_notice_not_a_model_call(tmp_path, fak
 
 async def test_a_message_takes_one_lookup_per_lane_and_no_empty_ones(tmp_path, fake_registry):
     # Each lane reads "is there more?" with its item, so a lone message costs one "next pending
-    # message" and one "next outbox row", not a second look that finds nothing (a writer
-    # transaction each: bench/README "Where the time goes").
+    # message", not a second look that finds nothing (a writer transaction each: bench/README
+    # "Where the time goes"); the delivery lane starts from the row "commit reply" read in its
+    # own transaction, with no "next outbox row" of its own.
     async with open_gateway(config(), fake_registry, tmp_path) as gw:
         channel: FakeChannel = gw.channel("support")
         kinds = gw.running.store.writes_by_kind
@@ -257,7 +294,7 @@ async def test_a_message_takes_one_lookup_per_lane_and_no_empty_ones(tmp_path, f
             await channel.wait_sent(n)
             await gw.wait_idle()
         assert kinds["next pending message"] == 3
-        assert kinds["next outbox row"] == 3
+        assert kinds["next outbox row"] == 0
         assert kinds["commit reply"] == 3 and kinds["claim outbox row"] == 3
         # The transfer log is written without a round trip of its own, and still commits.
         assert kinds["record transfer"] == 3
