@@ -4,7 +4,9 @@ half of it, with the ratios and targets side by side.
 Runs ``ceilings.py`` once, then ``load.py`` for each mode (Telegram webhook, WhatsApp webhook,
 Telegram polling) and each model latency: first a burst (all K messages due at once: the
 replies/s the gateway sustains), then paced at half that rate (the latency it adds at half of
-its maximum load). Each run is its own process (``--json``), so CPU and memory figures are its
+its maximum load). With the Telegram webhook mode it also runs ``load.py --webhook --relay``
+bursts: ``bench/relay.py``, the same two SDK calls per reply with nothing stored, the ceiling
+that counts what every reply must cost on this stack. Each run is its own process (``--json``), so CPU and memory figures are its
 own. Exit status 1 if any run lost or duplicated a reply; targets missed are reported, not
 failed.
 
@@ -75,7 +77,15 @@ def run_all(options: argparse.Namespace) -> dict[str, Any]:
     ]
     if options.data_root:
         ceiling_args += ["--data-root", str(options.data_root)]
-    report: dict[str, Any] = {"ceilings": run_json("ceilings.py", ceiling_args), "runs": []}
+    report: dict[str, Any] = {
+        "ceilings": run_json("ceilings.py", ceiling_args),
+        "runs": [],
+        "relay": [],
+    }
+    if "webhook" in options.modes and options.relay:
+        for latency in options.model_latency:
+            relay = run_json("load.py", [*load_args(options, "webhook", latency), "--relay"])
+            report["relay"].append(relay)
     for mode in options.modes:
         for latency in options.model_latency:
             burst = run_json("load.py", load_args(options, mode, latency))
@@ -93,8 +103,18 @@ def ratios(report: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     ceilings = report["ceilings"]
     webhook = ceilings.get("webhook", {})
+    relay = {r["model_latency_ms"]: r for r in report.get("relay", ()) if r["replies_per_s"]}
     for run in report["runs"]:
         name = f"{run['mode']}, model {run['model_latency_ms']:g} ms"
+        if run["rate"] is None and run["mode"] == "webhook" and run["model_latency_ms"] in relay:
+            out.append(
+                {
+                    "name": f"replies/s ÷ relay ceiling ({name})",
+                    "value": run["replies_per_s"] / relay[run["model_latency_ms"]]["replies_per_s"],
+                    "target": None,
+                    "higher_is_better": True,
+                }
+            )
         if run["rate"] is None and run["mode"] != "polling":
             for kind, ceiling in webhook.items():
                 out.append(
@@ -163,12 +183,13 @@ def text(report: dict[str, Any]) -> str:
         f"{'p99':>8} {'added99':>8} {'ack p50':>8} {'ack p99':>8} {'lost':>5} {'dup':>4} "
         f"{'CPU s':>7} {'ms/rep':>7} {'RSS MiB':>8}"
     )
-    for run in report["runs"]:
+    for run in [*report.get("relay", ()), *report["runs"]]:
         load = f"{run['rate']:g}/s" if run["rate"] else "burst"
         per_reply = run["daemon_cpu_s"] / run["replies"] * 1000 if run["replies"] else 0.0
         ack = run.get("ack_ms", {})
         lines.append(
-            f"{run['mode']:<9}{run['model_latency_ms']:5g}ms {load:>9} "
+            f"{'relay' if run.get('relay') else run['mode']:<9}"
+            f"{run['model_latency_ms']:5g}ms {load:>9} "
             f"{run['replies_per_s']:10.1f} {_ms(run['e2e_ms'], 'p50')} "
             f"{_ms(run['e2e_ms'], 'p95')} {_ms(run['e2e_ms'], 'p99')} "
             f"{_ms(run['added_ms'], 'p99')} {_ms(ack, 'p50')} {_ms(ack, 'p99')} "
@@ -212,6 +233,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="skip the paced runs at half of each burst's replies/s",
     )
+    parser.add_argument(
+        "--no-relay",
+        dest="relay",
+        action="store_false",
+        help="skip the relay ceiling (load.py --webhook --relay bursts)",
+    )
     parser.add_argument("--warmup", type=int, default=50, help="load.py --warmup")
     parser.add_argument("--requests", type=int, default=5000, help="ceilings.py --requests")
     parser.add_argument("--rows", type=int, default=200_000, help="ceilings.py --rows")
@@ -233,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, sort_keys=True))
     else:
         print(text(report))
-    clean = all(r["lost"] == r["duplicated"] == r["unexpected"] == 0 for r in report["runs"])
+    clean = all(
+        r["lost"] == r["duplicated"] == r["unexpected"] == 0
+        for r in [*report["relay"], *report["runs"]]
+    )
     return 0 if clean else 1
 
 

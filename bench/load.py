@@ -6,6 +6,8 @@ SQLCipher store, channel plugin, OpenAI plugin). Modes:
 
 - polling (default): updates queued on the fake Bot API, fetched by getUpdates;
 - ``--webhook``: the fake posts each update to the gateway's Telegram webhook;
+- ``--webhook --relay``: the same, answered by ``bench/relay.py`` instead of the gateway (the
+  relay ceiling: the two SDK calls of a reply and nothing else);
 - ``--whatsapp``: the fake posts each message as a signed WhatsApp notification
   (``X-Hub-Signature-256``); replies go to the fake Graph API.
 
@@ -71,6 +73,7 @@ from gateway.testing.process import READY_MARK, open_daemon_process
 from plugins.whatsapp.channel import SIGNATURE_HEADER
 
 TOKEN = "123456:BENCH-token"
+RELAY = Path(__file__).resolve().parent / "relay.py"
 MODES = ("polling", "webhook", "whatsapp")
 _PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b")
 WARMUP_CHATS = 10
@@ -99,6 +102,8 @@ class Options:
     workers: int | None = None
     data_root: Path | None = None
     latencies: Path | None = None
+    relay: bool = False
+    """Run ``bench/relay.py`` in place of the gateway (``--webhook`` only): the relay ceiling."""
 
 
 def free_port() -> int:
@@ -310,7 +315,11 @@ async def run(options: Options) -> dict[str, Any]:
                 )
             )
             env = {**side.env, "OPENAI_API_KEY": "sk-bench"}
-            async with open_daemon_process(config, env, tmpdir / "daemon.log") as daemon:
+            # The relay reads the same config and prints the same ready line (bench/relay.py).
+            wrapper = [sys.executable, str(RELAY), "--"] if options.relay else []
+            async with open_daemon_process(
+                config, env, tmpdir / "daemon.log", wrapper=wrapper
+            ) as daemon:
                 meter = ProcessMeter(daemon.pid)
                 rss_idle = meter.peak_rss_mib()
                 client = WebhookClient(side.webhook_url()) if side.webhook else None
@@ -367,6 +376,7 @@ async def run(options: Options) -> dict[str, Any]:
     result: dict[str, Any] = {
         "bench": "load",
         "mode": options.mode,
+        "relay": options.relay,
         "messages": options.messages,
         "chats": options.chats,
         "model_latency_ms": options.model_latency_ms,
@@ -398,7 +408,8 @@ def report(result: dict[str, Any]) -> str:
     """The human report of a :func:`run` result."""
     rate = f"{result['rate']:g}/s" if result["rate"] else "burst"
     lines = [
-        f"mode={result['mode']} messages={result['messages']} chats={result['chats']} "
+        f"mode={result['mode']}{' (bench/relay.py, not the gateway)' if result.get('relay') else ''} "
+        f"messages={result['messages']} chats={result['chats']} "
         f"model_latency={result['model_latency_ms']:g}ms load={rate} "
         f"platform_limits={result['platform_limits']}",
         f"{'replies/s':<22} {result['replies_per_s']:10.1f}   "
@@ -467,6 +478,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--whatsapp", action="store_true", help="deliver signed WhatsApp webhook notifications"
     )
     parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="with --webhook: answer with bench/relay.py instead of the gateway (the same two SDK "
+        "calls per reply, nothing stored): the relay ceiling",
+    )
+    parser.add_argument(
         "--model-latency",
         type=float,
         default=0.0,
@@ -523,6 +540,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def options_from(args: argparse.Namespace) -> Options:
     mode = "webhook" if args.webhook else "whatsapp" if args.whatsapp else "polling"
+    if args.relay and mode != "webhook":
+        raise SystemExit("load.py: --relay needs --webhook (the relay answers Telegram webhooks)")
     return Options(
         mode=mode,
         messages=args.messages,
@@ -536,6 +555,7 @@ def options_from(args: argparse.Namespace) -> Options:
         workers=args.workers,
         data_root=args.data_root,
         latencies=args.latencies,
+        relay=args.relay,
     )
 
 

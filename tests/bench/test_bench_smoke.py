@@ -109,6 +109,9 @@ async def test_all_reports_ratios_for_both_webhooks() -> None:
         )
         runs = re.findall(rf"^{mode}\s+0ms\s+(burst|[\d.]+/s)\s.*\s0\s+0\s", report, re.MULTILINE)
         assert len(runs) == 2, report  # a burst and a paced run at half its rate, 0 lost 0 dup
+    # The relay ceiling: one burst of bench/relay.py, and the Telegram webhook's ratio to it.
+    assert len(re.findall(r"^relay\s+0ms\s+burst\s.*\s0\s+0\s", report, re.MULTILINE)) == 1
+    assert re.match(r"[\d.]+", figure(report, "replies/s ÷ relay ceiling (webhook, model 0 ms)"))
     for shape in ("random UNIQUE key", "append-only"):
         assert re.match(
             r"\d+\.\d\d", figure(report, f"SQLCipher ÷ plain SQLite (inserts, {shape})")
@@ -122,6 +125,12 @@ async def test_json_output_is_one_object_with_the_figures() -> None:
     for key in ("e2e_ms", "ack_ms"):
         assert set(result[key]) == {"p50", "p95", "p99"}
     assert result["daemon_cpu_s"] > 0 and result["peak_rss_mib"] > 0
+
+
+async def test_relay_answers_every_message_once_in_place_of_the_gateway() -> None:
+    report = await bench("load.py", "--webhook", "--relay", *TINY_LOAD)
+    assert report.startswith("mode=webhook (bench/relay.py, not the gateway) ")
+    assert_load_report(report, webhook=True)
 
 
 async def test_latencies_file_has_every_measured_message_in_arrival_order(tmp_path) -> None:
