@@ -53,6 +53,18 @@ def figure_line(label: str, value: float, unit: str, note: str = "") -> str:
     return f"{label:<22} {text} {unit}" + (f"   ({note})" if note else "")
 
 
+async def answer_lifespan(receive: Any, send: Any) -> None:
+    """An ASGI lifespan scope for a bench server with nothing to start or stop: acknowledge
+    start-up and shutdown (hypercorn waits for both)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 def print_json(result: dict[str, Any]) -> None:
     print(json.dumps(result, sort_keys=True))
 

@@ -45,6 +45,7 @@ from _harness import (
     Delivery,
     ProcessMeter,
     WebhookClient,
+    answer_lifespan,
     drive,
     latency_line,
     print_json,
@@ -78,13 +79,8 @@ BODY = json.dumps(
 async def bare_app(scope: Any, receive: Any, send: Any) -> None:
     """Reads the request body, answers 200 with an empty body. Nothing else."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     more = True

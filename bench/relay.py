@@ -33,6 +33,7 @@ from typing import Any
 import hypercorn.config
 import hypercorn.trio
 import trio
+from _harness import answer_lifespan
 
 CHANNEL = "bench"
 PROVIDER = "main"
@@ -98,13 +99,8 @@ class Relay:
         """The webhook: 200 for a Telegram update with the right secret, the reply in the
         background. Lifespan events are acknowledged; anything else is 404."""
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         body = b""
