@@ -63,6 +63,7 @@ from gateway.testing._graph_http import (
     serve_connection,
 )
 from gateway.testing._http import send_json, serve_standalone, serving
+from gateway.testing._posting import post
 
 __all__ = ["FakeGraphServer", "SentMessage", "open_fake_graph", "sign"]
 
@@ -323,7 +324,7 @@ class FakeGraphServer:
             signature = sign(secret or self.app_secret, raw)
         if signature is not None:
             headers["X-Hub-Signature-256"] = signature
-        response = await self._http.post(url, content=raw, headers=headers)
+        response = await post(self._http, url, content=raw, headers=headers)
         self.webhook_statuses.append(response.status_code)
         return response.status_code
 

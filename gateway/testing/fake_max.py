@@ -48,6 +48,7 @@ import trio
 
 from gateway.testing._fake_max_api import BotApi, CallbackAnswer, SentMessage, chat_type
 from gateway.testing._http import serve_standalone, serving
+from gateway.testing._posting import post
 
 __all__ = ["DEFAULT_TOKEN", "CallbackAnswer", "FakeMaxServer", "SentMessage", "open_fake_max"]
 
@@ -276,7 +277,7 @@ class FakeMaxServer(BotApi):
         value = (subscription or {}).get("secret") if secret is SUBSCRIBED else secret
         if value is not None:
             headers[SECRET_HEADER] = str(value)
-        response = await self._http.post(target, content=raw, headers=headers)
+        response = await post(self._http, target, content=raw, headers=headers)
         self.webhook_statuses.append(response.status_code)
         return response.status_code
 

@@ -53,6 +53,7 @@ import httpx
 import trio
 
 from gateway.testing._http import serve_standalone, serving
+from gateway.testing._posting import post
 
 __all__ = ["FakeTelegramServer", "SentMessage", "open_fake_telegram"]
 
@@ -290,7 +291,7 @@ class FakeTelegramServer:
         if self._http is None:
             raise RuntimeError("FakeTelegramServer.post_webhook needs the server running (serve)")
         headers = {SECRET_HEADER: secret_token} if secret_token is not None else {}
-        response = await self._http.post(url, json=dict(update), headers=headers)
+        response = await post(self._http, url, json=dict(update), headers=headers)
         return response.status_code
 
     async def deliver_to_webhook(self, update: Mapping[str, Any]) -> int:

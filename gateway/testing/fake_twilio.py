@@ -55,6 +55,7 @@ from gateway.testing._fake_twilio_api import (
     rfc2822,
 )
 from gateway.testing._http import serve_standalone, serving
+from gateway.testing._posting import post
 
 __all__ = [
     "DEFAULT_ACCOUNT_SID",
@@ -169,7 +170,7 @@ class FakeTwilioServer(TwilioApi):
         target = url
         if self._proxy and url.startswith(self._proxy[0]):
             target = self._proxy[1] + url[len(self._proxy[0]) :]
-        return await self._http.post(target, data=dict(params), headers=headers)
+        return await post(self._http, target, data=params, headers=headers)
 
     async def deliver(self, url: str, params: Mapping[str, str]) -> int:
         """POST until a 2xx answer (at most ``max_attempts``); return the last status."""

@@ -42,6 +42,7 @@ import trio
 
 from gateway.testing._fake_whatsapp_api import GraphApi, SentMessage
 from gateway.testing._http import serve_standalone, serving
+from gateway.testing._posting import post
 
 __all__ = ["FakeWhatsAppServer", "SentMessage", "open_fake_whatsapp"]
 
@@ -220,7 +221,7 @@ class FakeWhatsAppServer(GraphApi):
             headers["X-Hub-Signature-256"] = self.sign(raw)
         elif signature is not None:
             headers["X-Hub-Signature-256"] = str(signature)
-        response = await self._http.post(target, content=raw, headers=headers)
+        response = await post(self._http, target, content=raw, headers=headers)
         self.webhook_statuses.append(response.status_code)
         return response.status_code
 
