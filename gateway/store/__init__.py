@@ -31,6 +31,7 @@ import sqlite_utils
 import trio
 
 from gateway.privacy.sealing import Sealer, derive_wrap_key
+from gateway.store.checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from gateway.store.db import connect
 from gateway.store.migrations import migrations
 from gateway.store.writer import Writer
@@ -50,10 +51,12 @@ class Store:
         *,
         wrap_key: bytes | None = None,
         dedupe_key: bytes = b"",
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self.path = path
         self._key = key
         self._writer = writer
+        self._checkpointer = checkpointer
         self._idle: list[sqlite_utils.Database] = []
         self._lock = threading.Lock()
         # Reads are cheap under WAL but each holds a thread; a few suffice.
@@ -117,9 +120,12 @@ class Store:
                 await self._read_limiter.acquire_on_behalf_of(holder)
                 held.append(holder)
             new_wrap = secrets.token_bytes(32)
-            count: int = await self._writer.run(
-                "rotate keys", _rekey_sync, self.sealer, new_wrap, new_key, exclusive=True
-            )
+            async with self._checkpoints_paused():
+                count: int = await self._writer.run(
+                    "rotate keys", _rekey_sync, self.sealer, new_wrap, new_key, exclusive=True
+                )
+                if self._checkpointer is not None:
+                    self._checkpointer.use_key(new_key)
             self._close_readers()
             self._key = new_key
         finally:
@@ -128,9 +134,17 @@ class Store:
         log.info("database re-keyed; %d contact keys re-wrapped", count)
         return count
 
+    def _checkpoints_paused(self) -> contextlib.AbstractAsyncContextManager[None]:
+        if self._checkpointer is None:
+            return contextlib.nullcontext()
+        return self._checkpointer.paused()
+
     @property
     def stats(self) -> dict[str, int]:
-        return {"commits": self._writer.commits, "writes": self._writer.jobs}
+        stats = {"commits": self._writer.commits, "writes": self._writer.jobs}
+        if self._checkpointer is not None:
+            stats.update(self._checkpointer.stats)
+        return stats
 
     @property
     def writes_by_kind(self) -> collections.Counter[str]:
@@ -157,6 +171,9 @@ async def open_store(
     def _open() -> sqlite_utils.Database:
         db = connect(path, key)
         migrations.apply(db)
+        # The checkpointer below copies the log into the database; the writer's commits only
+        # finish the job when the log gets this long (gateway/store/checkpoint.py).
+        db.conn.execute(f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")
         for suffix in ("", "-wal", "-shm"):
             p = Path(str(path) + suffix)
             if p.exists():
@@ -168,13 +185,26 @@ async def open_store(
         _store_keys, db, key, dedupe_seed or secrets.token_bytes(32)
     )
     writer = Writer(db)
+    checkpointer = Checkpointer(path, key)
+    writer.checkpoint_due = checkpointer.due
     writer.start()
-    store = Store(path, key, writer, wrap_key=wrap_key, dedupe_key=dedupe_key)
+    store = Store(
+        path, key, writer, wrap_key=wrap_key, dedupe_key=dedupe_key, checkpointer=checkpointer
+    )
     try:
-        yield store
+        async with trio.open_nursery() as nursery:
+            # Checkpointer.run never raises, so it cannot cancel the caller's body.
+            nursery.start_soon(checkpointer.run)
+            try:
+                yield store
+            finally:
+                nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await writer.stop()
+            # Closed before the writer's connection: the last one to close checkpoints and
+            # removes the log.
+            await checkpointer.close()
             store._close_readers()
             db.conn.close()
 

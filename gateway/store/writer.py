@@ -7,6 +7,8 @@ its own savepoint, so one failing job rolls back alone and its caller gets the e
 transaction that cannot begin or commit (the disk is full, another connection holds the write
 lock past the busy timeout) fails its batch's jobs with StoreError and the writer goes on: once
 the disk has room again the next batch commits, with no restart (tests/resilience/test_faults.py).
+Commits do not checkpoint the WAL: every ``CHECKPOINT_EVERY`` of them the writer asks the
+checkpointer (gateway/store/checkpoint.py) for one on its own connection.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 import sqlite_utils
 import trio
+
+from gateway.store.checkpoint import CHECKPOINT_EVERY
 
 log = logging.getLogger("gateway.store")
 
@@ -54,6 +58,10 @@ class Writer:
         self._token = trio.lowlevel.current_trio_token()
         self._thread = threading.Thread(target=self._loop, name="gateway-db-writer", daemon=True)
         self.commits = 0
+        self.checkpoint_due: Callable[[], None] | None = None
+        """Called in the event loop every ``CHECKPOINT_EVERY`` commits (gateway/store/
+        checkpoint.py): the commits themselves no longer checkpoint the WAL."""
+        self._since_checkpoint = 0
         self.kinds: collections.Counter[str] = collections.Counter()
         """Jobs run, by description (what a message costs the writer: bench and tests)."""
 
@@ -156,8 +164,13 @@ class Writer:
             elapsed = time.perf_counter() - started
             if elapsed > 1.0:
                 log.warning("slow commit: %d writes took %.2fs", len(batch), elapsed)
+            self._since_checkpoint += 1
+            due = None
+            if self._since_checkpoint >= CHECKPOINT_EVERY:
+                self._since_checkpoint = 0
+                due = self.checkpoint_due
             try:
-                self._token.run_sync_soon(_wake, batch)
+                self._token.run_sync_soon(_wake, batch, due)
             except trio.RunFinishedError:  # pragma: no cover - the loop ended under us
                 return
 
@@ -170,12 +183,14 @@ class Writer:
                 self._db.conn.rollback()
         self.kinds[job.desc] += 1
         try:
-            self._token.run_sync_soon(_wake, [job])
+            self._token.run_sync_soon(_wake, [job], None)
         except trio.RunFinishedError:  # pragma: no cover - the loop ended under us
             return
 
 
-def _wake(batch: list[Job]) -> None:
+def _wake(batch: list[Job], checkpoint_due: Callable[[], None] | None) -> None:
+    if checkpoint_due is not None:
+        checkpoint_due()
     for job in batch:
         if job.detached and job.error is not None:
             log.error("database write %r failed: %s", job.desc, job.error, exc_info=job.error)
