@@ -61,31 +61,44 @@ def _config_path(argv: list[str]) -> Path:
     return Path(argv[argv.index("--config") + 1])
 
 
+def _need(config: dict[str, Any], source: Path, *keys: str) -> Any:
+    """``config[k1][k2]...``, or exit naming the missing key and where such a config comes from."""
+    node: Any = config
+    for depth, key in enumerate(keys):
+        if not isinstance(node, dict) or key not in node:
+            raise SystemExit(
+                f"relay: {source} has no {'.'.join(keys[: depth + 1])}: bench/relay.py reads the"
+                " gateway.toml bench/load.py writes; run it as `bench/load.py --webhook --relay`"
+            )
+        node = node[key]
+    return node
+
+
 class Relay:
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], source: Path = Path("the config")) -> None:
         import openai
         import telegram
         from telegram.request import HTTPXRequest
 
-        channel = config["channels"][CHANNEL]
-        provider = config["providers"][PROVIDER]
+        channel = _need(config, source, "channels", CHANNEL)
+        provider = _need(config, source, "providers", PROVIDER)
         self.secret = _reveal(channel.get("webhook_secret"))
-        self.public_url = config["http"]["public_url"].rstrip("/")
-        self.bind = config["http"]["public_bind"]
-        self.model = provider["model"]
+        self.public_url = _need(config, source, "http", "public_url").rstrip("/")
+        self.bind = _need(config, source, "http", "public_bind")
+        self.model = _need(config, source, "providers", PROVIDER, "model")
         self.request = HTTPXRequest(
             connection_pool_size=SENDS_IN_FLIGHT, read_timeout=15.0, connect_timeout=10.0
         )
-        api_base = channel["api_base"]
+        api_base = _need(config, source, "channels", CHANNEL, "api_base")
         self.bot = telegram.Bot(
-            _reveal(channel["token"]) or "",
+            _reveal(_need(config, source, "channels", CHANNEL, "token")) or "",
             base_url=f"{api_base}/bot",
             base_file_url=f"{api_base}/file/bot",
             request=self.request,
         )
         self.reply_parameters = telegram.ReplyParameters
         self.llm = openai.AsyncOpenAI(
-            base_url=provider["base_url"],
+            base_url=_need(config, source, "providers", PROVIDER, "base_url"),
             api_key=_reveal(provider.get("api_key")) or "no-key-configured",
             max_retries=0,
             timeout=30.0,
@@ -166,8 +179,12 @@ class Relay:
 
 def main(argv: list[str]) -> int:
     rest = argv[argv.index("--") + 1 :] if "--" in argv else argv
-    config = tomllib.loads(_config_path(rest).read_text())
-    trio.run(Relay(config).run)
+    path = _config_path(rest)
+    try:
+        config = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SystemExit(f"relay: cannot read {path}: {exc}") from None
+    trio.run(Relay(config, path).run)
     return 0
 
 

@@ -200,3 +200,28 @@ async def test_memory_breakdown_names_packages_and_their_importers() -> None:
     text = await bench("memory.py", "--top", "5")
     assert re.search(r"^RSS +[\d.]+ MiB +\(anonymous [\d.]+, file-backed [\d.]+", text, re.M)
     assert "RSS added while importing, by top-level package (first 5" in text
+
+
+async def test_relay_names_a_missing_config_table_and_where_its_config_comes_from(tmp_path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('[http]\npublic_bind = "127.0.0.1:0"\npublic_url = "http://x"\n')
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [
+                sys.executable,
+                str(BENCH / "relay.py"),
+                "--",
+                "gateway",
+                "run",
+                "--config",
+                str(config),
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert f"relay: {config} has no channels: " in err
+    assert "bench/load.py --webhook --relay" in err
+    assert "Traceback" not in err
