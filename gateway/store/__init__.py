@@ -1,4 +1,5 @@
-"""The encrypted store: one SQLCipher file, one writer thread, reader connections under WAL.
+"""The encrypted store: one SQLCipher file, one writer thread, reader connections under WAL,
+and WAL checkpoints on a connection of their own (checkpoint.py).
 
 Use::
 

@@ -5,7 +5,7 @@ By default SQLite checkpoints a WAL database inside a COMMIT: the commit that ta
 before it returns. On the group-commit writer that stalled every job queued behind it, several
 times a second under load: in ``bench/load.py --webhook --rate 120 --model-latency 200`` each
 writer round trip's p99 was 5-7 ms and the reply's added p99 25-31 ms; with the checkpoints
-here, 16-17 ms (bench/README, "Checkpoints off the writer", session 10).
+here, 16-21 ms (bench/README, "Checkpoints off the writer", session 10).
 
 Every :data:`CHECKPOINT_EVERY` commits the writer tells the event loop, which runs one
 ``PRAGMA wal_checkpoint(PASSIVE)`` on this module's connection in a worker thread: it copies the
@@ -34,8 +34,8 @@ from gateway.store.db import connect
 log = logging.getLogger("gateway.store")
 
 CHECKPOINT_EVERY = 128
-"""Commits between checkpoints. At 120 messages/s (five commits each) that is four a second,
-each copying a few hundred pages: at one a second the added p99 was 16-20 ms instead of 15."""
+"""Commits between checkpoints: at 120 messages/s (five commits each) about four a second, each
+copying a few hundred pages. Once a second, the added p99 varied more (16-30 ms, bench/README)."""
 
 WRITER_CHECKPOINT_PAGES = 2_000
 """``wal_autocheckpoint`` on the writer's connection: the log stays under ~8 MB. With 10,000 the
