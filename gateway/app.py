@@ -24,6 +24,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
+from gateway import tls
 from gateway.agents import AgentSet, sync_knowledge
 from gateway.config import GatewayConfig
 from gateway.control import SOCKET_NAME as CONTROL_SOCKET
@@ -252,6 +253,7 @@ async def _serve_with_store(
         async with httpx.AsyncClient(
             timeout=30.0,
             follow_redirects=False,
+            verify=tls.default_context(),
             event_hooks={"request": [resolver.check_request]},
         ) as http:
             metrics = Metrics(

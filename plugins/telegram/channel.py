@@ -29,6 +29,7 @@ from gateway.errors import PluginError, SendError, StoreError
 from gateway.messages import Inbound, Outbound, SendResult
 from gateway.plugin import ChannelConfig, ChannelContext
 from gateway.secretref import Secret
+from gateway.tls import default_context
 from gateway.webhooks import WebhookRefused, WebhookRequest, WebhookRoute, read_body, refusal
 
 from .convert import bot_id_from_token, send_error, update_to_inbound
@@ -129,12 +130,16 @@ class TelegramChannel:
         # Two pools: a long poll holds its connection for poll_timeout seconds and must never
         # make a send wait for a connection.
         self._request = HTTPXRequest(
-            connection_pool_size=32, read_timeout=15.0, connect_timeout=10.0
+            connection_pool_size=32,
+            read_timeout=15.0,
+            connect_timeout=10.0,
+            httpx_kwargs={"verify": default_context()},
         )
         self._poll_request = HTTPXRequest(
             connection_pool_size=1,
             read_timeout=self.config.poll_timeout + 15.0,
             connect_timeout=10.0,
+            httpx_kwargs={"verify": default_context()},
         )
         self._bot = telegram.Bot(
             self.config.token.reveal(),

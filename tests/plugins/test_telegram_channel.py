@@ -443,3 +443,20 @@ async def test_bot_api_without_getme_or_deletewebhook_still_polls() -> None:
             server.push_message(1008, "no checks needed")
             await wait_inbound(context, 1)
         assert server.requests[:2] == ["getme", "deletewebhook"]
+
+
+async def test_both_bot_api_clients_use_the_daemons_one_tls_context():
+    """Each httpx client left to itself loads the CA bundle again (~0.8 MiB of RSS each): the
+    channel's send and poll clients take gateway.tls.default_context(), built as httpx's own
+    default (certifi, or SSL_CERT_FILE / SSL_CERT_DIR)."""
+    from gateway.tls import default_context
+
+    channel = TelegramChannel("tg", config(), MemoryChannelContext("tg"))
+    try:
+        for request in (channel._request, channel._poll_request):
+            # Private attributes: neither PTB nor httpx exposes a client's TLS context.
+            assert request._client._transport._pool._ssl_context is default_context()
+        assert default_context().verify_mode.name == "CERT_REQUIRED"
+        assert default_context().check_hostname
+    finally:
+        await channel.aclose()
