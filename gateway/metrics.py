@@ -283,6 +283,15 @@ class _StateCollector:
             [],
             {(): snap.store.get("writes", 0)},
         )
+        yield _counter(
+            "gateway_store_checkpoints",
+            "WAL checkpoints run off the writer, by outcome (a failure is retried at the next).",
+            ["outcome"],
+            {
+                ("ok",): snap.store.get("checkpoints", 0),
+                ("failed",): snap.store.get("checkpoint_failures", 0),
+            },
+        )
         yield _gauge(
             "gateway_database_bytes",
             "Size of the encrypted database: the main file and its write-ahead log.",

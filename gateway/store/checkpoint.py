@@ -4,7 +4,7 @@ By default SQLite checkpoints a WAL database inside a COMMIT: the commit that ta
 ``wal_autocheckpoint`` pages (1,000) copies the whole log into the database file and syncs both
 before it returns. On the group-commit writer that stalled every job queued behind it, several
 times a second under load: in ``bench/load.py --webhook --rate 120 --model-latency 200`` each
-writer round trip's p99 was 5-7 ms and the reply's added p99 25-31 ms; with the checkpoints
+writer round trip's p99 was 5-7 ms and the reply's added p99 23-32 ms; with the checkpoints
 here, 16-21 ms (bench/README, "Checkpoints off the writer", session 10).
 
 Every :data:`CHECKPOINT_EVERY` commits the writer tells the event loop, which runs one
@@ -117,4 +117,8 @@ class Checkpointer:
 
     @property
     def stats(self) -> dict[str, int]:
-        return {"checkpoints": self.runs, "checkpoint_failures": self.failures}
+        return {
+            "checkpoints": self.runs,
+            "checkpoint_failures": self.failures,
+            "checkpoint_slowest_ms": round(self.slowest * 1000),
+        }

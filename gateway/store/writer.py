@@ -7,8 +7,9 @@ its own savepoint, so one failing job rolls back alone and its caller gets the e
 transaction that cannot begin or commit (the disk is full, another connection holds the write
 lock past the busy timeout) fails its batch's jobs with StoreError and the writer goes on: once
 the disk has room again the next batch commits, with no restart (tests/resilience/test_faults.py).
-Commits do not checkpoint the WAL: every ``CHECKPOINT_EVERY`` of them the writer asks the
-checkpointer (gateway/store/checkpoint.py) for one on its own connection.
+The WAL is checkpointed off this thread: every ``CHECKPOINT_EVERY`` commits the writer asks the
+checkpointer (gateway/store/checkpoint.py) for one on its own connection; a commit checkpoints
+only what is left once the log passes ``WRITER_CHECKPOINT_PAGES``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class Writer:
         self.commits = 0
         self.checkpoint_due: Callable[[], None] | None = None
         """Called in the event loop every ``CHECKPOINT_EVERY`` commits (gateway/store/
-        checkpoint.py): the commits themselves no longer checkpoint the WAL."""
+        checkpoint.py), so that the commits themselves seldom checkpoint the WAL."""
         self._since_checkpoint = 0
         self.kinds: collections.Counter[str] = collections.Counter()
         """Jobs run, by description (what a message costs the writer: bench and tests)."""
