@@ -4,10 +4,10 @@
 httpx sends a body through ``ByteStream.__aiter__``, an async generator. When the write fails
 half-way, the generator is dropped unfinished, and trio reports that as a ResourceWarning from the
 garbage collector, which the test suite's ``filterwarnings = error`` turns into a failure in
-whichever test is running then (tests/resilience/test_random_kills.py failed 3 runs in 5 so).
-Upstream: encode/httpx#3686, fixes open as encode/httpx#3777 and #3700. Here the body is an
-object that iterates itself instead of a generator; ``tests/testing/test_posting.py`` checks
-both the premise and the fix.
+whichever test is running then (before this, tests/resilience/test_random_kills.py failed 4
+runs in 6 so). Upstream: encode/httpx#3686, fixes open as encode/httpx#3777 and #3700. Here
+the body is an object that iterates itself instead of a generator;
+``tests/testing/test_posting.py`` checks both the premise and the fix.
 """
 
 from __future__ import annotations
