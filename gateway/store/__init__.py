@@ -49,10 +49,10 @@ class Store:
         path: Path,
         key: bytes,
         writer: Writer,
+        checkpointer: Checkpointer,
         *,
         wrap_key: bytes | None = None,
         dedupe_key: bytes = b"",
-        checkpointer: Checkpointer | None = None,
     ) -> None:
         self.path = path
         self._key = key
@@ -121,12 +121,11 @@ class Store:
                 await self._read_limiter.acquire_on_behalf_of(holder)
                 held.append(holder)
             new_wrap = secrets.token_bytes(32)
-            async with self._checkpoints_paused():
+            async with self._checkpointer.paused():
                 count: int = await self._writer.run(
                     "rotate keys", _rekey_sync, self.sealer, new_wrap, new_key, exclusive=True
                 )
-                if self._checkpointer is not None:
-                    self._checkpointer.use_key(new_key)
+                self._checkpointer.use_key(new_key)
             self._close_readers()
             self._key = new_key
         finally:
@@ -135,17 +134,13 @@ class Store:
         log.info("database re-keyed; %d contact keys re-wrapped", count)
         return count
 
-    def _checkpoints_paused(self) -> contextlib.AbstractAsyncContextManager[None]:
-        if self._checkpointer is None:
-            return contextlib.nullcontext()
-        return self._checkpointer.paused()
-
     @property
     def stats(self) -> dict[str, int]:
-        stats = {"commits": self._writer.commits, "writes": self._writer.jobs}
-        if self._checkpointer is not None:
-            stats.update(self._checkpointer.stats)
-        return stats
+        return {
+            "commits": self._writer.commits,
+            "writes": self._writer.jobs,
+            **self._checkpointer.stats,
+        }
 
     @property
     def writes_by_kind(self) -> collections.Counter[str]:
@@ -189,9 +184,7 @@ async def open_store(
     checkpointer = Checkpointer(path, key)
     writer.checkpoint_due = checkpointer.due
     writer.start()
-    store = Store(
-        path, key, writer, wrap_key=wrap_key, dedupe_key=dedupe_key, checkpointer=checkpointer
-    )
+    store = Store(path, key, writer, checkpointer, wrap_key=wrap_key, dedupe_key=dedupe_key)
     try:
         async with trio.open_nursery() as nursery:
             # Checkpointer.run never raises, so it cannot cancel the caller's body.

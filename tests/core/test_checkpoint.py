@@ -33,9 +33,7 @@ async def _settle(store: Store) -> None:
     """Return once a checkpoint that fell due has finished (no sleeping: the checkpointer's task
     is parked in its worker thread once every task is blocked, and pausing waits for it)."""
     await trio.testing.wait_all_tasks_blocked()
-    checkpointer = store._checkpointer
-    assert checkpointer is not None
-    async with checkpointer.paused():
+    async with store._checkpointer.paused():
         pass
 
 
