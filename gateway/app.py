@@ -24,7 +24,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from gateway import tls
+from gateway import pooling, tls
 from gateway.agents import AgentSet, sync_knowledge
 from gateway.config import GatewayConfig
 from gateway.control import SOCKET_NAME as CONTROL_SOCKET
@@ -236,6 +236,19 @@ async def serve(
         trio.socket.set_custom_hostname_resolver(previous)
 
 
+def shared_http_client(resolver: AllowlistResolver) -> httpx.AsyncClient:
+    """The daemon's one httpx client, lent to providers and channels through their contexts:
+    the shared TLS context, no redirects, idle connections not probed on every request
+    (gateway/pooling.py), and every request's host checked against the allowlist."""
+    return httpx.AsyncClient(
+        timeout=30.0,
+        follow_redirects=False,
+        verify=tls.default_context(),  # for proxy transports made from the environment
+        transport=pooling.httpx_transport(verify=tls.default_context()),
+        event_hooks={"request": [resolver.check_request]},
+    )
+
+
 async def _serve_with_store(
     config: GatewayConfig,
     stop: trio.Event,
@@ -250,12 +263,7 @@ async def _serve_with_store(
         master.derive("sqlcipher"),
         dedupe_seed=master.derive("dedupe"),
     ) as store:
-        async with httpx.AsyncClient(
-            timeout=30.0,
-            follow_redirects=False,
-            verify=tls.default_context(),
-            event_hooks={"request": [resolver.check_request]},
-        ) as http:
+        async with shared_http_client(resolver) as http:
             metrics = Metrics(
                 [name for name, entry in config.channels.items() if entry.config.enabled],
                 config.providers,

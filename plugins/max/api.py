@@ -24,6 +24,7 @@ import httpx
 import trio
 
 from gateway.outbound import media_host_allowed
+from gateway.pooling import httpx_transport
 
 from .config import MaxConfig
 from .convert import api_error_text
@@ -74,8 +75,10 @@ class MaxApi:
             return
         if self._own is None:
             shared = self._shared()
+            context = tls_context(str(self.config.ca_file))
             self._own = httpx.AsyncClient(
-                verify=tls_context(str(self.config.ca_file)),
+                verify=context,
+                transport=httpx_transport(verify=context),
                 timeout=self._timeout,
                 follow_redirects=False,
                 event_hooks=shared.event_hooks,

@@ -17,6 +17,7 @@ import re
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
+import httpx
 import quart
 import telegram
 import telegram.error
@@ -28,6 +29,7 @@ from gateway.backoff import Backoff
 from gateway.errors import PluginError, SendError, StoreError
 from gateway.messages import Inbound, Outbound, SendResult
 from gateway.plugin import ChannelConfig, ChannelContext
+from gateway.pooling import httpx_transport
 from gateway.secretref import Secret
 from gateway.tls import default_context
 from gateway.webhooks import WebhookRefused, WebhookRequest, WebhookRoute, read_body, refusal
@@ -129,18 +131,8 @@ class TelegramChannel:
         _install_token_redaction()
         # Two pools: a long poll holds its connection for poll_timeout seconds and must never
         # make a send wait for a connection.
-        self._request = HTTPXRequest(
-            connection_pool_size=32,
-            read_timeout=15.0,
-            connect_timeout=10.0,
-            httpx_kwargs={"verify": default_context()},
-        )
-        self._poll_request = HTTPXRequest(
-            connection_pool_size=1,
-            read_timeout=self.config.poll_timeout + 15.0,
-            connect_timeout=10.0,
-            httpx_kwargs={"verify": default_context()},
-        )
+        self._request = _bot_api_request(32, read_timeout=15.0)
+        self._poll_request = _bot_api_request(1, read_timeout=self.config.poll_timeout + 15.0)
         self._bot = telegram.Bot(
             self.config.token.reveal(),
             base_url=f"{self.config.api_base}/bot",
@@ -471,6 +463,23 @@ class TelegramChannel:
         with trio.CancelScope(shield=True):
             await self._poll_request.shutdown()
             await self._request.shutdown()
+
+
+def _bot_api_request(pool_size: int, *, read_timeout: float) -> HTTPXRequest:
+    """PTB's httpx request object on the daemon's TLS context and a transport whose idle
+    connections are not probed on every request (gateway/pooling.py). A client given a
+    transport ignores its own limits, so PTB's ``connection_pool_size`` goes to the transport."""
+    return HTTPXRequest(
+        connection_pool_size=pool_size,
+        read_timeout=read_timeout,
+        connect_timeout=10.0,
+        httpx_kwargs={
+            "verify": default_context(),
+            "transport": httpx_transport(
+                verify=default_context(), limits=httpx.Limits(max_connections=pool_size)
+            ),
+        },
+    )
 
 
 def _reply_parameters(outbound: Outbound) -> telegram.ReplyParameters | None:

@@ -209,6 +209,20 @@ async def test_restart_resumes_from_stored_offset_without_duplicates() -> None:
     assert offsets[0] == done["update_id"] + 1  # the new process started from the stored offset
 
 
+async def test_the_same_channel_sends_again_after_it_was_closed_and_run_again() -> None:
+    """aclose() closes PTB's httpx clients; the next run builds new ones on the same pooling
+    transports (gateway/pooling.py), which must still open connections."""
+    context = MemoryChannelContext("tg")
+    async with open_fake_telegram(TOKEN) as server:
+        channel = TelegramChannel("tg", config(server), context)
+        async with running(channel):
+            await channel.send(outbound("1001", "first run"))
+        assert channel._request._client.is_closed
+        async with running(channel):
+            await channel.send(outbound("1001", "second run"))
+        assert [m.text for m in server.sent] == ["first run", "second run"]
+
+
 async def test_offset_of_another_bot_is_not_used() -> None:
     context = MemoryChannelContext("tg")
     context.state.update(bot_id="999", offset=str(10**12))
