@@ -3,7 +3,8 @@
 A bare relay on the same libraries the gateway uses for a Telegram reply: Telegram webhooks on
 hypercorn-trio (a plain ASGI app), acknowledged at once; then, in the background, the model
 asked through the openai SDK (``AsyncOpenAI.post("/chat/completions")``, as
-``plugins/openai`` does) and the answer sent with python-telegram-bot's ``Bot.send_message``.
+``plugins/openai`` does) and the answer sent with python-telegram-bot's ``Bot.send_message``,
+both on the gateway's transports (``gateway/pooling.py``).
 That is the two outbound HTTP exchanges every gateway reply makes, and nothing else: no
 journal, no dedupe, no history, no ordering per chat, no encryption, no audit. A crash loses
 what it acknowledged and a re-delivered update is answered twice: it is a yardstick, not a
@@ -76,9 +77,12 @@ def _need(config: dict[str, Any], source: Path, *keys: str) -> Any:
 
 class Relay:
     def __init__(self, config: dict[str, Any], source: Path = Path("the config")) -> None:
+        import httpx
         import openai
         import telegram
         from telegram.request import HTTPXRequest
+
+        from gateway import pooling
 
         channel = _need(config, source, "channels", CHANNEL)
         provider = _need(config, source, "providers", PROVIDER)
@@ -86,8 +90,17 @@ class Relay:
         self.public_url = _need(config, source, "http", "public_url").rstrip("/")
         self.bind = _need(config, source, "http", "public_bind")
         self.model = _need(config, source, "providers", PROVIDER, "model")
+        # The transports the gateway's clients use (gateway/pooling.py), so that the ceiling
+        # is the same stack's (here they changed little: 2.76 -> 2.72 ms per reply, 2 runs each).
         self.request = HTTPXRequest(
-            connection_pool_size=SENDS_IN_FLIGHT, read_timeout=15.0, connect_timeout=10.0
+            connection_pool_size=SENDS_IN_FLIGHT,
+            read_timeout=15.0,
+            connect_timeout=10.0,
+            httpx_kwargs={
+                "transport": pooling.httpx_transport(
+                    limits=httpx.Limits(max_connections=SENDS_IN_FLIGHT)
+                )
+            },
         )
         api_base = _need(config, source, "channels", CHANNEL, "api_base")
         self.bot = telegram.Bot(
@@ -102,6 +115,9 @@ class Relay:
             api_key=_reveal(provider.get("api_key")) or "no-key-configured",
             max_retries=0,
             timeout=30.0,
+            http_client=openai.DefaultAsyncHttpxClient(
+                transport=pooling.httpx2_transport(limits=openai.DEFAULT_CONNECTION_LIMITS)
+            ),
         )
         self.answers = trio.CapacityLimiter(ANSWERS_IN_FLIGHT)
         self.sends = trio.CapacityLimiter(SENDS_IN_FLIGHT)
