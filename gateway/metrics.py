@@ -40,6 +40,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PROVIDER_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 """Seconds: a local model answers in 0.1-5 s, a hosted one in 1-30 s, a stuck one times out."""
 
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Seconds: a busy loop is a few ms late, a blocking call tens to thousands."""
+
 SEND_OUTCOMES = ("sent", "retry", "failed", "unknown")
 REPLY_AUTHORS = ("ai", "fallback", "notice", "handoff")
 PROVIDER_OUTCOMES = ("ok", "error", "timeout", "empty", "bug")
@@ -133,6 +136,13 @@ class Metrics:
             'bug). The _count series count calls; outcome!="ok" are the errors.',
             ["provider", "outcome"],
             buckets=PROVIDER_BUCKETS,
+            registry=registry,
+        )
+        self.loop_lag = Histogram(
+            "gateway_event_loop_lag_seconds",
+            "How late the event loop woke a 50 ms timer, 20 times a second: time during which "
+            "nothing else ran either. Stalls of 0.2 s or more are logged (gateway/stalls.py).",
+            buckets=LAG_BUCKETS,
             registry=registry,
         )
         ProcessCollector(registry=registry)

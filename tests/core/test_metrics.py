@@ -129,6 +129,8 @@ async def test_counters_after_known_traffic(tmp_path, registry, model):
     assert value(samples, "gateway_store_checkpoints_total", outcome="ok") >= 0
     assert value(samples, "gateway_store_checkpoints_total", outcome="failed") == 0
     assert value(samples, "gateway_accepting") == 1
+    # The stall monitor's loop-lag histogram is exported (a KeyError if not).
+    assert value(samples, "gateway_event_loop_lag_seconds_count") >= 0
     assert value(samples, "process_resident_memory_bytes") > 10_000_000
     assert ("process_cpu_seconds_total", frozenset()) in samples
     # No contact, thread or text ever becomes a label or a value.
