@@ -24,7 +24,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from gateway import pooling, stalls, tls
+from gateway import pooling, tls
 from gateway.agents import AgentSet, sync_knowledge
 from gateway.config import GatewayConfig
 from gateway.control import SOCKET_NAME as CONTROL_SOCKET
@@ -391,7 +391,6 @@ async def _run(
         log.info("gateway started: public %s, admin %s", public_urls, admin_urls)
         notify.notify_ready(f"public {' '.join(public_urls)}, admin {' '.join(admin_urls)}")
         await root.start(notify.run_watchdog)
-        await root.start(stalls.watch, pipeline.metrics)
         await stop.wait()
         await reloader.close()  # a reload in progress finishes first; none starts after
         grace = reloader.config.gateway.shutdown_grace  # a reload may have changed it

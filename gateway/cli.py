@@ -162,6 +162,7 @@ def cmd_check_config(file: str | None, registry: Registry) -> int:
 def cmd_run(config: GatewayConfig, registry: Registry) -> int:
     setup_logging(config)
     log = logging.getLogger("gateway")
+    from gateway import stalls
     from gateway.app import Running, serve
     from gateway.reload import reload_from_disk
 
@@ -198,6 +199,9 @@ def cmd_run(config: GatewayConfig, registry: Registry) -> int:
 
                 running: Running = await nursery.start(_serve)
                 _announce(config, running)
+                # Here, not in serve(): faulthandler's watchdog is the process's, and a test
+                # running serve() in its own trio run would never see all its tasks blocked.
+                nursery.start_soon(stalls.watch, running.pipeline.metrics)
                 # Until serve returns (which cancels this): the same registry and environment
                 # as at start-up, one reload at a time.
                 async for _ in reload_requests:

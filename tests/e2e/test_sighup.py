@@ -62,6 +62,11 @@ async def test_sighup_applies_a_valid_config_and_rejects_an_invalid_one(tmp_path
                 await daemon.wait_for_output("config reload rejected")
             assert (await http.get("/chat/shop/")).status_code == 200
             assert (await http.get("/chat/web/")).status_code == 200
+            # `gateway run` runs the stall monitor (gateway/stalls.py): after two reloads it has
+            # measured the loop many times, 20 a second.
+            metrics = (await http.get(f"{admin[1]}/metrics")).text
+            count = re.search(r"^gateway_event_loop_lag_seconds_count (\S+)$", metrics, re.M)
+            assert count and float(count[1]) > 0, metrics
         assert daemon.process.returncode is None and daemon.pid == pid
         daemon.terminate()
         assert await daemon.wait() == 0
