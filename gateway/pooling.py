@@ -26,17 +26,17 @@ so it is never resent. The probe before the write closes that window down to the
 So the cache saves the probes without widening the window in which a request can go out on a
 dead connection.
 
-``bench/load.py --webhook --model-latency 0`` (bench/README, session 11) measured 4.40 ms of
-daemon CPU per reply before and 3.72 ms after: +15 % throughput. Upstream, the pools' walks are
-being rewritten (encode/httpcore#1035, pydantic/httpx2#1169). Once the walks are incremental,
-this module has little left to save.
+``bench/load.py --webhook --model-latency 0`` (bench/README, session 11, 3 interleaved pairs)
+measured 4.25-4.37 ms of daemon CPU per reply before and 3.79-3.83 ms after: +10 % replies/s.
+Upstream, the pools' walks are being rewritten (encode/httpcore#1035, pydantic/httpx2#1169).
+Once the walks are incremental, this module has little left to save.
 
 HTTP/1.1 only. On an HTTP/2 connection, frames of other streams make the socket readable, so
 ``http2=True`` transports are returned unwrapped. Neither library takes a network backend as a
-transport parameter, so the wrapper is set on the pool's ``_network_backend`` attribute, which
-every httpcore release since 0.14 has used. If an upgrade renames it, the transport is returned
-unchanged: the probes cost time again, and nothing breaks. ``tests/core/test_pooling.py``
-fails in that case, so the upgrade is noticed.
+transport parameter, so the wrapper is set on the pool's ``_network_backend`` attribute
+(httpcore 1.0, httpcore2 2.16). If an upgrade renames it, the transport is returned unchanged:
+the probes cost time again, and nothing breaks. ``tests/core/test_pooling.py`` fails in that
+case, so the upgrade is noticed.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ the thread writes every thread's Python stack to stderr (the journal, under syst
 block is still going on*, so the dump shows the code that blocks, not the code that ran after
 it. A dump is armed again only a minute after a stall, so a slow machine cannot fill the journal.
 
+``gateway run`` starts the monitor next to ``serve()`` (gateway/cli.py). faulthandler's
+watchdog is the process's, and a test that runs ``serve()`` in its own trio run waits with
+``wait_all_tasks_blocked(cushion)``, which a task ticking every 50 ms would never let happen.
 Nothing is measured under a virtual clock (``trio.testing.MockClock``): it has no real
 lateness, and a task that sleeps in a loop would make an autojumping clock spin.
 """
