@@ -115,9 +115,7 @@ class Relay:
             api_key=_reveal(provider.get("api_key")) or "no-key-configured",
             max_retries=0,
             timeout=30.0,
-            http_client=openai.DefaultAsyncHttpxClient(
-                transport=pooling.httpx2_transport(limits=openai.DEFAULT_CONNECTION_LIMITS)
-            ),
+            http_client=pooling.sdk_http_client(openai),
         )
         self.answers = trio.CapacityLimiter(ANSWERS_IN_FLIGHT)
         self.sends = trio.CapacityLimiter(SENDS_IN_FLIGHT)

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     import httpx
     import httpx2
 
-__all__ = ["PROBE_INTERVAL", "httpx2_transport", "httpx_transport"]
+__all__ = ["PROBE_INTERVAL", "httpx2_transport", "httpx_transport", "sdk_http_client"]
 
 PROBE_INTERVAL = 0.02
 """Seconds for which an idle socket's "not readable" answer stands in the pool's walks, unless
@@ -160,3 +160,13 @@ def httpx2_transport(**kwargs: Any) -> httpx2.AsyncHTTPTransport:
     if not kwargs.get("http2"):
         _wrap(transport, httpcore2.ConnectionNotAvailable)
     return transport
+
+
+def sdk_http_client(sdk: Any) -> httpx2.AsyncClient:
+    """For a model SDK module (``openai``, ``anthropic``): its default httpx2 client, with the
+    SDK's connection limits and TLS trust, on :func:`httpx2_transport`. Give it to the SDK's
+    client as ``http_client=``."""
+    client: httpx2.AsyncClient = sdk.DefaultAsyncHttpxClient(
+        transport=httpx2_transport(limits=sdk.DEFAULT_CONNECTION_LIMITS)
+    )
+    return client

@@ -43,7 +43,7 @@ from pydantic import Field, field_validator
 from gateway.errors import ProviderError
 from gateway.messages import ChatMessage, Completion, CompletionRequest
 from gateway.plugin import ProviderConfig, ProviderContext
-from gateway.pooling import httpx2_transport
+from gateway.pooling import sdk_http_client
 from gateway.secretref import Secret
 from plugins.openai.provider import cause_name, status_error
 
@@ -57,15 +57,6 @@ def _sdk() -> Any:
     import anthropic
 
     return anthropic
-
-
-def _http_client() -> Any:
-    """The SDK's default httpx2 client (its connection limits, its TLS trust), on a transport
-    whose idle connections are not probed on every request (gateway/pooling.py)."""
-    sdk = _sdk()
-    return sdk.DefaultAsyncHttpxClient(
-        transport=httpx2_transport(limits=sdk.DEFAULT_CONNECTION_LIMITS)
-    )
 
 
 __all__ = ["AnthropicProvider", "anthropic_turns"]
@@ -154,7 +145,7 @@ class AnthropicProvider:
                 api_key=self.config.api_key.reveal(),
                 max_retries=0,
                 timeout=self.config.timeout,
-                http_client=_http_client(),
+                http_client=sdk_http_client(_sdk()),
                 open_telemetry=False,
             )
         return self._client

@@ -35,7 +35,7 @@ from pydantic import Field, field_validator
 from gateway.errors import ProviderError
 from gateway.messages import Completion, CompletionRequest
 from gateway.plugin import ProviderConfig, ProviderContext
-from gateway.pooling import httpx2_transport
+from gateway.pooling import sdk_http_client
 from gateway.secretref import Secret
 
 if TYPE_CHECKING:
@@ -48,15 +48,6 @@ def _sdk() -> Any:
     import openai
 
     return openai
-
-
-def _http_client() -> Any:
-    """The SDK's default httpx2 client (its connection limits, its TLS trust), on a transport
-    whose idle connections are not probed on every request (gateway/pooling.py)."""
-    sdk = _sdk()
-    return sdk.DefaultAsyncHttpxClient(
-        transport=httpx2_transport(limits=sdk.DEFAULT_CONNECTION_LIMITS)
-    )
 
 
 __all__ = ["OpenAIProvider"]
@@ -136,7 +127,7 @@ class OpenAIProvider:
                 api_key=key,
                 max_retries=0,
                 timeout=self.config.timeout,
-                http_client=_http_client(),
+                http_client=sdk_http_client(_sdk()),
             )
         return self._client
 
